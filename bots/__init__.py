@@ -1,0 +1,1 @@
+"""Domain bots: persona + knowledge packs + backend + optional flow, declared in bots/NAME/bot.yaml."""

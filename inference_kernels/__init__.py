@@ -1,0 +1,1 @@
+"""Fused inference kernels (Triton) beside their PyTorch references."""

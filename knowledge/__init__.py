@@ -1,0 +1,1 @@
+"""Offline knowledge curation: sources -> curated items -> stores (FAISS + BM25 + SQLite, Elasticsearch)."""

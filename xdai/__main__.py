@@ -1,0 +1,3 @@
+from xdai.cli import main
+
+main()

@@ -1,0 +1,165 @@
+"""One configuration file (`xdai.yaml`) with environment-variable overrides.
+
+Defaults work with no file at all. Every key can be overridden by an environment variable named
+``XDAI_<SECTION>_<KEY>`` (upper case), e.g. ``XDAI_SERVER_PORT=9000`` or ``XDAI_BACKEND_NAME=hf``.
+Values from the environment are parsed as YAML scalars, so ``8765`` is an int and ``true`` a bool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_ENV = "XDAI_CONFIG"
+DEFAULT_CONFIG_FILE = "xdai.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is wrong; the message names the file and key."""
+
+
+@dataclass
+class PathsConfig:
+    cache_dir: str = str(Path.home() / ".cache" / "xdai")
+    personas_dir: str = str(REPO_ROOT / "personas")
+    bots_dir: str = str(REPO_ROOT / "bots")
+    stores_dir: str = "stores"
+
+
+@dataclass
+class EmbedderConfig:
+    # "default" is the bundled offline multilingual embedder; anything else is a
+    # sentence-transformers model path or hub id.
+    name: str = "default"
+    batch_size: int = 64
+
+
+@dataclass
+class KnowledgeConfig:
+    store: str = "stores/default"
+    top_k: int = 5
+    dense_weight: float = 1.0
+    bm25_weight: float = 1.0
+    rrf_k: int = 60
+    near_duplicate_threshold: float = 0.97
+    max_item_chars: int = 2000
+
+
+@dataclass
+class BackendConfig:
+    name: str = "llama_cpp"
+    model: str = "default"
+    n_ctx: int = 4096
+    threads: int = 0  # 0: all cores
+    base_url: str = ""
+    api_key: str = ""
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    bots: list[str] = field(default_factory=lambda: ["xiaodai"])
+    session_store: str = "sqlite"  # sqlite | redis
+    sqlite_path: str = "stores/sessions.sqlite3"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    api_keys: list[str] = field(default_factory=list)
+    allowed_origins: list[str] = field(default_factory=list)
+    max_frame_bytes: int = 65536
+    max_message_chars: int = 10000
+    queue_size: int = 32
+    workers: int = 2
+    idle_timeout_s: float = 1800.0
+    rate_limit_per_s: float = 5.0
+
+
+@dataclass
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    persona: str = "xiaodai"
+    source: str = "<defaults>"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _apply(section: Any, values: dict[str, Any], where: str) -> None:
+    known = {f.name: f for f in dataclasses.fields(section)}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+        current = getattr(section, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{key}: expected a mapping, got {type(value).__name__}")
+            _apply(current, value, f"{where}.{key}")
+        else:
+            setattr(section, key, _coerce(value, current, f"{where}.{key}"))
+
+
+def _coerce(value: Any, current: Any, where: str) -> Any:
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if isinstance(current, (int, float)) and not isinstance(current, bool):
+        try:
+            return type(current)(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if isinstance(current, list):
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return value
+    return "" if value is None else str(value)
+
+
+def _env_overrides(cfg: Config, environ: dict[str, str]) -> None:
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            for sub in dataclasses.fields(value):
+                name = f"XDAI_{f.name}_{sub.name}".upper()
+                if name in environ:
+                    _apply(value, {sub.name: yaml.safe_load(environ[name])}, f"${name}")
+        elif f.name != "source":
+            name = f"XDAI_{f.name}".upper()
+            if name in environ:
+                setattr(cfg, f.name, environ[name])
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Load `path` (or $XDAI_CONFIG, or ./xdai.yaml when present), then apply XDAI_* overrides."""
+    environ = dict(os.environ if environ is None else environ)
+    cfg = Config()
+    candidate = path or environ.get(CONFIG_ENV)
+    if candidate is None and Path(DEFAULT_CONFIG_FILE).is_file():
+        candidate = DEFAULT_CONFIG_FILE
+    if candidate is not None:
+        file = Path(candidate)
+        if not file.is_file():
+            raise ConfigError(f"{file}: configuration file not found")
+        try:
+            data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)
+            raise ConfigError(f"{where}: {getattr(exc, 'problem', exc)}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file}: expected a mapping at the top level")
+        _apply(cfg, data, str(file))
+        cfg.source = str(file)
+    _env_overrides(cfg, environ)
+    return cfg
