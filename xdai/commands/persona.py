@@ -1,0 +1,123 @@
+"""`xdai persona`: check persona YAML, import and export Character Card V2 (.json or .png), list personas."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from xdai.persona import (
+    PersonaError,
+    card_to_png,
+    check_persona_file,
+    dump_persona_yaml,
+    find_persona_file,
+    import_card,
+    load_persona,
+    parse_examples,
+    parse_persona,
+    persona_files,
+)
+
+
+@click.group()
+def persona() -> None:
+    """Check, import and export personas (Character Card V2)."""
+
+
+@persona.command()
+@click.argument("files", nargs=-1, required=True)
+def check(files: tuple[str, ...]) -> None:
+    """Validate persona FILEs (paths or names); print every problem as file:line:col: message."""
+    errors = warnings = 0
+    for name in files:
+        issues = check_persona_file(find_persona_file(name))
+        for issue in issues:
+            click.echo(str(issue))
+        errors += sum(i.severity == "error" for i in issues)
+        warnings += sum(i.severity == "warning" for i in issues)
+    n = len(files)
+    verdict = "ok" if not errors else "FAILED"
+    click.echo(f"persona check: {n} file{'s' * (n != 1)}, {errors} error{'s' * (errors != 1)}, "
+               f"{warnings} warning{'s' * (warnings != 1)}: {verdict}")
+    if errors:
+        raise SystemExit(1)
+
+
+@persona.command(name="import")
+@click.argument("card", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="YAML to write (default: CARD's name with .yaml, beside it).")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def import_(card: Path, out: Path | None, force: bool) -> None:
+    """Import a Character Card V2 (.json, or .png with a `chara` chunk) as persona YAML."""
+    try:
+        p = import_card(card)
+    except PersonaError as exc:
+        raise click.ClickException(f"cannot import {card}:\n{exc}") from None
+    out = out or card.with_suffix(".yaml")
+    if out.exists() and not force:
+        raise click.ClickException(f"{out} exists: pass --force to overwrite, or --out another file")
+    text = dump_persona_yaml(p)
+    reread, issues = parse_persona(text, str(out))
+    if reread != p:  # the YAML must load back to the same persona, or the import is not lossless
+        raise click.ClickException(f"internal: {out} would not load back as imported\n"
+                                   + "\n".join(map(str, issues)))
+    out.write_text(text, encoding="utf-8")
+    raw = p.card_extra.get("mes_example")
+    if isinstance(raw, str) and parse_examples(raw)[1]:
+        click.echo(f"note: mes_example has {parse_examples(raw)[1]} line(s) outside {{{{user}}}}:/{{{{char}}}}: "
+                   "turns; kept verbatim for export, not used in prompts", err=True)
+    book = len(p.character_book.entries) if p.character_book else 0
+    click.echo(f"imported {p.name!r} from {card} -> {out} ({len(p.mes_example)} examples, {book} lore entries, "
+               f"language {p.language})")
+
+
+@persona.command()
+@click.argument("file")
+@click.option("--format", "fmt", type=click.Choice(["card-v2"]), default="card-v2", show_default=True)
+@click.option("--png", is_flag=True, help="Write a PNG card (the JSON in a `chara` tEXt chunk).")
+@click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="PNG to carry the card (default: a plain generated avatar).")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File to write (default: FILE's name with .card.json or .card.png).")
+def export(file: str, fmt: str, png: bool, image: Path | None, out: Path | None) -> None:
+    """Export persona FILE (path or name) as a Character Card V2."""
+    try:
+        p = load_persona(file)
+    except PersonaError as exc:
+        raise click.ClickException(f"cannot export:\n{exc}") from None
+    card = p.to_card_v2()
+    base = p.path or Path(file)
+    if png or image is not None:
+        out = out or base.with_name(base.stem + ".card.png")
+        try:
+            data = card_to_png(card, image.read_bytes() if image else None)
+        except ValueError as exc:
+            raise click.ClickException(f"{image}: {exc}") from None
+        out.write_bytes(data)
+    else:
+        out = out or base.with_name(base.stem + ".card.json")
+        out.write_text(json.dumps(card, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    click.echo(f"exported {p.name!r} ({fmt}) -> {out}")
+
+
+@persona.command(name="list")
+@click.option("--dir", "personas_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Personas directory (default: paths.personas_dir from the configuration).")
+def list_(personas_dir: Path | None) -> None:
+    """List the personas in the personas directory, with their language and status."""
+    files = persona_files(personas_dir)
+    broken = 0
+    for f in files:
+        try:
+            p = load_persona(f)
+        except PersonaError as exc:
+            broken += 1
+            click.echo(f"{f.stem:<14} BROKEN  {len(exc.issues)} error(s): run `xdai persona check {f}`")
+            continue
+        joiner = "" if p.language == "zh" else " "
+        summary = joiner.join(p.description.split())[:60]
+        click.echo(f"{f.stem:<14} {p.language}  {p.name} — {summary}")
+    click.echo(f"{len(files)} persona{'s' * (len(files) != 1)}, {broken} broken")
