@@ -1,0 +1,203 @@
+"""`llama_cpp`: GGUF models on CPU through llama-cpp-python — the offline default backend.
+
+A causal model has no [MASK]: `infill.before` (the prompt ending with the bot's speaker tag) is continued and the
+continuation is trimmed to the bot's turn. The grounded post-response `infill.after` is honoured by reranking
+(`xdai.rerank`), which calls `score`. Loaded models are cached per process and shared by every backend instance
+that names the same file; each shared model has one lock, since a llama.cpp context serves one sequence at a time.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import os
+import random
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+from xdai.backends.base import GenerationSettings, Infill
+from xdai.backends.models import resolve_model
+from xdai.backends.scoring import continuation_start, token_logprob
+from xdai.backends.stream import Emit, pump, stream_in_thread
+from xdai.config import load_config
+
+log = logging.getLogger(__name__)
+
+_LOADED: dict[tuple[str, int, int, int], tuple[llama_cpp.Llama, threading.Lock]] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def all_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def load_llama(path: str | Path, n_ctx: int, threads: int, n_batch: int = 512) -> tuple[llama_cpp.Llama, threading.Lock]:
+    """The process-wide loaded model for these settings, loading it on first use."""
+    key = (str(Path(path).resolve()), n_ctx, threads, n_batch)
+    with _LOAD_LOCK:
+        if key not in _LOADED:
+            llm = llama_cpp.Llama(
+                model_path=key[0],
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                n_ubatch=n_batch,
+                n_threads=threads,
+                n_threads_batch=threads,
+                verbose=False,
+            )
+            _LOADED[key] = (llm, threading.Lock())
+        return _LOADED[key]
+
+
+class LlamaCppBackend:
+    """Continue a prompt with a GGUF model; score continuations by their log-likelihood."""
+
+    name = "llama_cpp"
+
+    def __init__(
+        self,
+        model: str = "default",
+        *,
+        n_ctx: int | None = None,
+        threads: int | None = None,
+        n_batch: int = 512,
+    ):
+        cfg = load_config().backend
+        self.model = model
+        self.model_path = resolve_model(model)
+        self.n_ctx = n_ctx or cfg.n_ctx
+        self.threads = threads or cfg.threads or all_cores()
+        self.n_batch = n_batch
+        self.llm, self._lock = load_llama(self.model_path, self.n_ctx, self.threads, n_batch)
+        self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        self._batch: llama_cpp.llama_batch | None = llama_cpp.llama_batch_init(n_batch, 0, 1)
+
+    def __del__(self) -> None:
+        batch, self._batch = getattr(self, "_batch", None), None
+        if batch is not None:
+            llama_cpp.llama_batch_free(batch)
+
+    # -- text <-> tokens -------------------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        """Prompt text is data: special-token spellings inside it (e.g. "<|im_end|>") stay plain text."""
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    # -- generation ------------------------------------------------------------------------------------------
+
+    def fill(self, infill: Infill, settings: GenerationSettings) -> AsyncIterator[str]:
+        """Stream the continuation of `infill.before`, trimmed to the bot's turn."""
+        return stream_in_thread(lambda emit, cancel: self._generate(infill.before, settings, emit, cancel))
+
+    def _generate(self, prompt: str, settings: GenerationSettings, emit: Emit, cancel: threading.Event) -> None:
+        tokens = self._fit(self.tokenize(prompt), room=settings.max_tokens)
+        with self._lock:
+            if cancel.is_set():
+                return
+            self.llm.set_seed(settings.seed if settings.seed is not None else random.randrange(2**32))
+            tokens_out = self.llm.generate(
+                tokens,
+                temp=max(settings.temperature, 0.0),
+                top_p=settings.top_p,
+                top_k=settings.top_k,
+                min_p=0.0,
+                typical_p=1.0,
+                repeat_penalty=settings.repetition_penalty,
+            )
+            pump(self._texts(tokens_out, settings.max_tokens), settings.stop, emit, cancel)
+
+    def _texts(self, tokens_out: Iterator[int], max_tokens: int) -> Iterator[str]:
+        """Decode generated tokens to text pieces; UTF-8 sequences split across tokens are held until whole."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        try:
+            for n, token in enumerate(tokens_out, start=1):
+                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                    break
+                text = decoder.decode(self.llm.detokenize([token]))
+                if text:
+                    yield text
+                if n >= max_tokens:
+                    break
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                yield tail
+        finally:
+            close = getattr(tokens_out, "close", None)
+            if close is not None:
+                close()
+
+    def _fit(self, tokens: list[int], room: int) -> list[int]:
+        """Keep the prompt inside the context window, dropping its oldest tokens if it must."""
+        limit = self.n_ctx - max(room, 1)
+        if len(tokens) <= limit:
+            return tokens
+        log.warning("prompt of %d tokens exceeds the %d-token window: keeping its last %d", len(tokens), self.n_ctx, limit)
+        return tokens[len(tokens) - limit :]
+
+    # -- scoring ---------------------------------------------------------------------------------------------
+
+    def score(self, context: str, continuation: str) -> float:
+        """Sum of log P(continuation tokens | context), with the boundary rule of `xdai.backends.scoring`."""
+        if not continuation:
+            return 0.0
+        full = self.tokenize(context + continuation)
+        start = continuation_start(self.tokenize(context), full)
+        if start == 0:  # nothing to condition the first token on: use the model's document separator
+            sep = self.llm.token_bos() if self.llm.token_bos() >= 0 else self.llm.token_eos()
+            full, start = [sep, *full], 1
+        if len(full) > self.n_ctx:
+            if len(full) - start >= self.n_ctx:
+                raise ValueError(
+                    f"continuation of {len(full) - start} tokens does not fit the {self.n_ctx}-token window"
+                )
+            drop = len(full) - self.n_ctx
+            full, start = full[drop:], max(start - drop, 1)
+        with self._lock:
+            return self._logprob_sum(full, start)
+
+    def _logprob_sum(self, tokens: list[int], start: int) -> float:
+        """Decode `tokens`, reusing the KV cache's common prefix, and sum log P(tokens[i]) for i >= start."""
+        llm, batch = self.llm, self._batch
+        assert batch is not None
+        cached = llm.input_ids[: llm.n_tokens]
+        keep = min(continuation_start(cached.tolist(), tokens), start - 1)
+        memory = llama_cpp.llama_get_memory(llm.ctx)
+        if not llama_cpp.llama_memory_seq_rm(memory, -1, keep, -1):
+            llama_cpp.llama_memory_clear(memory, True)
+            keep = 0
+        llm.n_tokens = keep
+        n_vocab, total, last = llm.n_vocab(), 0.0, len(tokens) - 1
+        for begin in range(keep, len(tokens), self.n_batch):
+            chunk = tokens[begin : begin + self.n_batch]
+            batch.n_tokens = len(chunk)
+            wanted = []
+            for j, token in enumerate(chunk):
+                pos = begin + j
+                batch.token[j] = token
+                batch.pos[j] = pos
+                batch.n_seq_id[j] = 1
+                batch.seq_id[j][0] = 0
+                # rows for the predictions we sum, and the last row so the context's state stays consistent
+                batch.logits[j] = 1 if (start - 1 <= pos) else 0
+                if start - 1 <= pos < last:
+                    wanted.append(j)
+            rc = llama_cpp.llama_decode(llm.ctx, batch)
+            if rc != 0:
+                llm.n_tokens = 0
+                raise RuntimeError(f"llama_decode returned {rc} while scoring")
+            for j in wanted:
+                row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, j), shape=(n_vocab,))
+                total += token_logprob(row, tokens[begin + j + 1])
+            llm.input_ids[begin : begin + len(chunk)] = chunk
+            llm.n_tokens = begin + len(chunk)
+        return total
