@@ -1,0 +1,184 @@
+"""Hybrid retrieval: dense (FAISS) + BM25, fused by weighted reciprocal-rank fusion, resolved in dialogue context.
+
+For each query: `EntityTracker` resolves the entity it is about (named in it, or earlier in the dialogue), the
+entity-expanded query is searched densely and lexically, and the two ranked lists are fused,
+``score(d) = sum_l w_l / (rrf_k + rank_l(d))``. When an entity is resolved, a third list joins the fusion: that
+entity's own items, ranked by the same dense + BM25 fusion among themselves, with weight ``context_weight`` (a
+large weight puts the entity's items first; 0 turns the list off). The same object serves the dialogue engine in
+process and the CLI's batch queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from knowledge.bm25 import BM25Index
+from knowledge.context import EntityTracker, Resolution
+from knowledge.embed import Embedder
+from knowledge.item import Hit, Item
+
+Ranked = list[tuple[int, float]]  # (item index, score), best first
+
+
+def rrf(lists: Sequence[tuple[float, Ranked]], rrf_k: int) -> dict[int, float]:
+    """Weighted reciprocal-rank fusion: each list adds ``weight / (rrf_k + rank)`` (rank from 1) to its items."""
+    fused: dict[int, float] = {}
+    for weight, ranked in lists:
+        if weight == 0:
+            continue
+        for rank, (doc, _) in enumerate(ranked, start=1):
+            fused[doc] = fused.get(doc, 0.0) + weight / (rrf_k + rank)
+    return fused
+
+
+class HybridRetriever:
+    """Dense + BM25 + dialogue-context retrieval over ``items`` (aligned with the FAISS and BM25 rows)."""
+
+    def __init__(
+        self,
+        items: Sequence[Item],
+        dense_index: Any,
+        bm25: BM25Index,
+        embedder: Embedder | None,
+        dense_weight: float = 1.0,
+        bm25_weight: float = 1.0,
+        rrf_k: int = 60,
+        *,
+        context_weight: float = 10.0,
+        candidates: int = 100,
+        tracker: EntityTracker | None = None,
+    ):
+        if dense_index is not None and dense_index.ntotal != len(items):
+            raise ValueError(f"dense index holds {dense_index.ntotal} vectors for {len(items)} items")
+        if len(bm25) != len(items):
+            raise ValueError(f"BM25 index holds {len(bm25)} documents for {len(items)} items")
+        self.items = list(items)
+        self.dense_index = dense_index
+        self.bm25 = bm25
+        self.embedder = embedder
+        self.dense_weight = dense_weight
+        self.bm25_weight = bm25_weight
+        self.rrf_k = rrf_k
+        self.context_weight = context_weight
+        self.candidates = candidates
+        self.tracker = tracker if tracker is not None else EntityTracker.from_items(self.items)
+        self._kind = np.array([it.kind for it in self.items])
+        self._by_entity: dict[str, list[int]] = {}
+        for i, it in enumerate(self.items):
+            for name in {it.entity, it.title} - {None, ""}:
+                self._by_entity.setdefault(name, []).append(i)
+
+    # -- public face -------------------------------------------------------------------------------------------
+
+    def search(
+        self,
+        query: str,
+        *,
+        context: Sequence[str] | None = None,
+        top_k: int = 5,
+        kind: str | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> list[Hit]:
+        """The ``top_k`` items for ``query``; ``context`` is the dialogue before it, oldest first."""
+        return self.search_batch([{"query": query, "context": list(context or [])}], top_k=top_k, kind=kind, tags=tags)[0]
+
+    def search_batch(
+        self,
+        queries: Sequence[dict],
+        *,
+        top_k: int = 5,
+        kind: str | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> list[list[Hit]]:
+        """One ranked hit list per ``{"query": str, "context": [str, ...]}``; the queries are encoded as one batch."""
+        if not self.items:
+            return [[] for _ in queries]
+        allowed = self.filter_mask(kind, tags)
+        resolved = [self.tracker.resolve(q["query"], q.get("context")) for q in queries]
+        texts = [r.query for r in resolved]
+        n_cand = max(self.candidates, top_k)
+        use_dense = self.dense_weight > 0 and self.dense_index is not None
+        qvecs = np.asarray(self.embedder.encode(texts, role="query"), dtype=np.float32) if use_dense and texts else None
+        dense_lists = self._dense_search(qvecs, n_cand, allowed) if qvecs is not None else [[] for _ in texts]
+        results = []
+        for i, (res, text) in enumerate(zip(resolved, texts, strict=True)):
+            bm25_list = self.bm25.search(text, n_cand, allowed) if self.bm25_weight > 0 else []
+            lists = [(self.dense_weight, dense_lists[i]), (self.bm25_weight, bm25_list)]
+            entity_list = self._entity_list(res, queries[i]["query"], qvecs[i] if qvecs is not None else None, allowed)
+            lists.append((self.context_weight, entity_list))
+            results.append(self._hits(lists, top_k, res))
+        return results
+
+    def filter_mask(self, kind: str | None = None, tags: Sequence[str] | None = None) -> np.ndarray | None:
+        """Boolean mask of the items a kind/tags filter lets through (None: no filter). Tags: any of them."""
+        if kind is None and not tags:
+            return None
+        if kind is not None and kind not in ("qa", "description"):
+            raise ValueError(f"kind must be 'qa' or 'description', got {kind!r}")
+        mask = np.ones(len(self.items), dtype=bool) if kind is None else self._kind == kind
+        if tags:
+            wanted = set(tags)
+            mask &= np.array([bool(wanted.intersection(it.tags)) for it in self.items], dtype=bool)
+        return mask
+
+    # -- the parts ---------------------------------------------------------------------------------------------
+
+    def _dense_search(self, qvecs: np.ndarray, k: int, allowed: np.ndarray | None) -> list[Ranked]:
+        """FAISS top-k per query; under a filter, fetch more until k allowed items are found or all were seen."""
+        total = self.dense_index.ntotal
+        fetch = min(k, total)
+        while True:
+            scores, ids = self.dense_index.search(qvecs, fetch)
+            lists = [
+                [(int(j), float(s)) for j, s in zip(row_ids, row_scores, strict=True) if j >= 0 and (allowed is None or allowed[j])][:k]
+                for row_ids, row_scores in zip(ids, scores, strict=True)
+            ]
+            if allowed is None or fetch >= total or all(len(x) >= k for x in lists):
+                return lists
+            fetch = min(fetch * 4, total)
+
+    def _entity_list(self, res: Resolution, utterance: str, qvec: np.ndarray | None, allowed: np.ndarray | None) -> Ranked:
+        """The resolved entity's items, ranked among themselves by the same dense + BM25 fusion.
+
+        BM25 scores the bare utterance here: the entity's name, which every one of these items shares, would only
+        favour the shortest item.
+        """
+        if res.entity is None or self.context_weight == 0:
+            return []
+        ids = [i for i in self._by_entity.get(res.entity, []) if allowed is None or allowed[i]]
+        if not ids:
+            return []
+        lists: list[tuple[float, Ranked]] = []
+        if self.bm25_weight > 0:
+            s = self.bm25.scores(utterance)[ids]
+            lists.append((self.bm25_weight, [(ids[j], float(s[j])) for j in np.argsort(-s, kind="stable")]))
+        if qvec is not None:
+            s = self._item_vectors(ids) @ qvec
+            lists.append((self.dense_weight, [(ids[j], float(s[j])) for j in np.argsort(-s, kind="stable")]))
+        fused = rrf(lists, self.rrf_k)
+        order = sorted(ids, key=lambda d: (-fused.get(d, 0.0), d))
+        return [(d, fused.get(d, 0.0)) for d in order]
+
+    def _item_vectors(self, ids: list[int]) -> np.ndarray:
+        return np.asarray(self.dense_index.reconstruct_batch(np.asarray(ids, dtype=np.int64)), dtype=np.float32)
+
+    def _hits(self, lists: list[tuple[float, Ranked]], top_k: int, res: Resolution) -> list[Hit]:
+        fused = rrf(lists, self.rrf_k)
+        best = sorted(fused, key=lambda d: (-fused[d], d))[:top_k]
+        names = ("dense", "bm25", "entity")
+        ranks = [{doc: (rank, score) for rank, (doc, score) in enumerate(ranked, start=1)} for _, ranked in lists]
+        hits = []
+        for doc in best:
+            why: dict[str, Any] = {}
+            for name, table in zip(names, ranks, strict=True):
+                rank, score = table.get(doc, (None, None))
+                why[f"{name}_rank"] = rank
+                why[f"{name}_score"] = None if score is None else round(score, 6)
+            why["context_entity"] = res.entity
+            why["entity_source"] = res.source
+            why["query"] = res.query
+            hits.append(Hit(self.items[doc], fused[doc], why))
+        return hits
