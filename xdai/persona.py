@@ -677,6 +677,8 @@ def _parse_yaml(text: str, file: str, b: _Builder) -> _Loc | None:
         if exc.context_mark is not None and exc.problem_mark is not None and context:
             context += f" (from {exc.context_mark.line + 1}:{exc.context_mark.column + 1})"
         message = " ".join(p for p in (context, exc.problem) if p) or str(exc)
+        if "'\\t'" in message:
+            message += " (YAML indents with spaces, not tabs)"
         b.issues.append(PersonaIssue(file, mark.line + 1 if mark else 1, mark.column + 1 if mark else 1,
                                      f"YAML syntax: {message}"))
         return None
@@ -961,6 +963,14 @@ def parse_examples(text: str) -> tuple[list[Example], int]:
     return examples, orphans
 
 
+def _renders_to(structured: Any, raw: str) -> bool:
+    try:
+        lines = [[ExampleLine(*next(iter(line.items()))) for line in ex] for ex in structured]
+    except (TypeError, AttributeError, StopIteration):
+        return False
+    return render_examples(lines) == raw
+
+
 def _cjk_ratio(text: str) -> float:
     letters = [c for c in text if c.isalpha()]
     return sum("\u4e00" <= c <= "\u9fff" for c in letters) / len(letters) if letters else 0.0
@@ -1042,14 +1052,16 @@ def _from_card(card: Any, source: str) -> Persona:
     raw_examples = fields.pop("mes_example", "") or ""
     examples, _ = parse_examples(raw_examples) if isinstance(raw_examples, str) else ([], 0)
     structured = xdai.pop("mes_example", None) if isinstance(xdai, dict) else None
-    if structured is not None:
-        fields["mes_example"] = structured
-    else:
-        fields["mes_example"] = _examples_to_yaml(examples)
     if not isinstance(raw_examples, str):
         fields["mes_example"] = raw_examples  # let the builder report the wrong type
-    elif raw_examples != render_examples(examples):
-        card_extra["mes_example"] = raw_examples
+    elif structured is not None:  # text the string form cannot hold, exported by xdai itself
+        fields["mes_example"] = structured
+        if not _renders_to(structured, raw_examples):
+            card_extra["mes_example"] = raw_examples
+    else:
+        fields["mes_example"] = _examples_to_yaml(examples)
+        if raw_examples != render_examples(examples):
+            card_extra["mes_example"] = raw_examples
 
     book = fields.get("character_book")
     if isinstance(book, dict):
@@ -1071,7 +1083,7 @@ def _from_card(card: Any, source: str) -> Persona:
     if not isinstance(xdai, dict):
         b.error(_from_obj(xdai, "data.extensions.xdai"), "expected a JSON object")
     else:
-        allowed = set(_xdai_spec(b))
+        allowed = list(_xdai_spec(b))
         for k, v in xdai.items():
             if k in allowed:
                 pairs.append((_Loc("scalar", k, "data.extensions.xdai"), _from_obj(v, f"data.extensions.xdai.{k}")))
@@ -1080,7 +1092,7 @@ def _from_card(card: Any, source: str) -> Persona:
     if card_extra:
         pairs.append((_Loc("scalar", "card_extra", ""), _from_obj(card_extra, "card_extra")))
     names = {k.value for k, _ in pairs}
-    persona = _build(b, _Loc("map", pairs, "")) if not b.issues else None
+    persona = _build(b, _Loc("map", pairs, ""))
     if persona is None or b.issues:
         raise PersonaError(b.issues)
     if "language" not in names:
