@@ -1,0 +1,108 @@
+"""`xdai chat`: talk to a persona in the terminal; replies stream, `/explain` shows why."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import click
+
+from xdai.commands.prompt import read_history_jsonl, write_history_jsonl
+from xdai.history import History
+
+HELP = "/explain: the last prompt, annotated · /condition NAME|text:...: condition the next reply · /reset · /quit"
+
+
+@click.command("chat")
+@click.option("--persona", "-p", default=None, help="Persona name or YAML path (default: the configured persona).")
+@click.option("--knowledge", "-k", multiple=True, help="Knowledge store path or name (repeatable).")
+@click.option("--backend", "-b", default=None, help="llama_cpp (default), hf, openai, glm.")
+@click.option("--model", "-m", default=None, help='Model for the backend ("default": the bundled Qwen GGUF).')
+@click.option("--history", "history_file", type=click.Path(dir_okay=False), default=None,
+              help="JSONL file to resume from and save to (default: a new file under the cache folder).")
+@click.option("--seed", type=int, default=None, help="Sampling seed, for reproducible replies.")
+def chat(persona: str | None, knowledge: tuple[str, ...], backend: str | None, model: str | None,
+         history_file: str | None, seed: int | None) -> None:
+    """Chat with a persona in the terminal. The history is saved after every turn."""
+    from xdai.config import load_config
+    from xdai.turn import Agent, Delta, Reply
+
+    cfg = load_config()
+    persona = persona or cfg.persona
+    try:
+        agent = Agent.from_names(persona, knowledge=list(knowledge), backend=backend or cfg.backend.name,
+                                 model=model or cfg.backend.model)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if seed is not None:
+        agent.persona.generation = {**(agent.persona.generation or {}), "seed": seed}
+    if history_file and Path(history_file).is_file():
+        history = read_history_jsonl(history_file)
+    else:
+        history = agent.new_history()
+    save_to = Path(history_file) if history_file else (
+        Path(cfg.paths.cache_dir).expanduser() / "chats" / f"{agent.persona.name}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    )
+    bot, user = agent.builder.bot, agent.builder.user
+    click.secho(f"{agent.persona.name} · history saved to {save_to} · {HELP}", dim=True, err=True)
+    if not history.exchanges:
+        click.echo(f"{bot}：{agent.greeting()}")
+    last_prompt = None
+    condition: str | None = None
+    while True:
+        try:
+            line = input(f"{user}：")
+        except (EOFError, KeyboardInterrupt):
+            click.echo()
+            break
+        command = line.strip()
+        if command in ("/quit", "/exit"):
+            break
+        if command == "/reset":
+            history = agent.new_history()
+            condition = None
+            click.secho("(history cleared)", dim=True)
+            click.echo(f"{bot}：{agent.greeting()}")
+            continue
+        if command == "/explain":
+            click.echo(last_prompt.explain() if last_prompt else "(no turn yet)")
+            continue
+        if command.startswith("/condition"):
+            condition = command[len("/condition"):].strip() or None
+            try:
+                agent.condition_text(condition)
+            except ValueError as exc:
+                click.secho(str(exc), fg="red")
+                condition = None
+            continue
+        if command in ("/help", "/?"):
+            click.echo(HELP)
+            continue
+
+        async def turn(past: History, text: str, cond: str | None) -> Reply | None:
+            click.echo(f"{bot}：", nl=False)
+            final = None
+            async for event in agent.respond(past, text, condition=cond):
+                if isinstance(event, Delta):
+                    click.echo(event.text, nl=False)
+                elif isinstance(event, Reply):
+                    final = event
+            click.echo()
+            return final
+
+        try:
+            reply = asyncio.run(turn(history, line, condition))
+        except (ValueError, KeyboardInterrupt) as exc:
+            click.secho(f"(turn abandoned: {exc or 'interrupted'})", fg="red")
+            continue
+        condition = None
+        if reply is None:
+            continue
+        last_prompt = reply.prompt
+        if reply.finish_reason == "error":
+            click.secho(f"(the model failed: {reply.error}; the turn is not saved)", fg="red")
+            continue
+        history.append(line, reply.text)
+        write_history_jsonl(history, save_to)
+    click.secho(f"{len(history)} exchange(s) saved to {save_to}", dim=True, err=True)

@@ -1,0 +1,65 @@
+"""`xdai prompt`: the assembled prompt for one turn, every part annotated with why it is there."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from xdai.history import History
+
+
+def read_history_jsonl(path: str | Path) -> History:
+    """A history file: one JSON object per line, {"user": ..., "bot": ...}; errors name file:line."""
+    rows = []
+    file = Path(path)
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise click.ClickException(f"{file}:{number}:{exc.colno}: not JSON: {exc.msg}") from None
+        try:
+            rows.append(History.from_list([row], where=f"{file}:{number}").exchanges[0])
+        except ValueError as exc:
+            raise click.ClickException(str(exc).replace(": row 1", "")) from None
+    history = History()
+    history.exchanges.extend(rows)
+    return history
+
+
+def write_history_jsonl(history: History, path: str | Path) -> None:
+    file = Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(file.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in history.to_list()), encoding="utf-8")
+    tmp.replace(file)
+
+
+@click.command("prompt")
+@click.argument("utterance")
+@click.option("--persona", "-p", default=None, help="Persona name or YAML path (default: the configured persona).")
+@click.option("--knowledge", "-k", multiple=True, help="Knowledge store path or name (repeatable).")
+@click.option("--history", "history_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help='JSONL file, one {"user": ..., "bot": ...} exchange per line.')
+@click.option("--condition", "-c", default=None, help='A condition of the persona, or free text as "text:...".')
+@click.option("--json", "as_json", is_flag=True, help="Print the prompt and its annotations as JSON.")
+def prompt(utterance: str, persona: str | None, knowledge: tuple[str, ...], history_file: str | None,
+           condition: str | None, as_json: bool) -> None:
+    """Show the prompt the bot would complete for UTTERANCE, and why each part is in it."""
+    from xdai.config import load_config
+    from xdai.turn import Agent
+
+    persona = persona or load_config().persona
+    history = read_history_jsonl(history_file) if history_file else History()
+    try:
+        agent = Agent.from_names(persona, knowledge=list(knowledge), backend=None)
+        built = agent.build_prompt(history, utterance, condition=condition)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(built.to_json(), ensure_ascii=False, indent=2))
+    else:
+        click.echo(built.explain())

@@ -1,0 +1,457 @@
+"""One turn, done right: select history, retrieve knowledge, assemble the prompt, stream the reply.
+
+`Agent` is what the terminal chat, the evaluation and the WebSocket service drive. It never appends to the
+history itself: the caller appends (utterance, reply) once the reply is complete, so a cancelled or failed turn
+leaves the session as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from xdai.backends.base import Backend, GenerationSettings
+from xdai.backends.stream import TurnFilter
+from xdai.history import History, ScoredExchange, select_history_by_decayed_similarity, shared_embedder
+from xdai.prompt import Knowledge, Prompt, PromptBuilder, estimate_tokens
+
+if TYPE_CHECKING:
+    from knowledge.embed import Embedder
+    from knowledge.store import Store
+    from xdai.persona import Persona
+
+log = logging.getLogger(__name__)
+FREE_CONDITION_PREFIX = "text:"
+RETRIEVE_SLACK = 6  # extra hits per query, so that both QA pairs and descriptions survive the kind split
+
+
+@dataclass
+class Delta:
+    """A piece of the reply as it streams."""
+
+    text: str
+
+
+@dataclass
+class Reply:
+    """The finished reply, with what it was grounded on and the prompt that produced it."""
+
+    text: str
+    finish_reason: str  # "stop" | "length" | "cancelled" | "error"
+    usage: dict[str, int]
+    grounding: list[dict[str, Any]]
+    prompt: Prompt
+    suggestions: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class NamedStore:
+    """A store and the name it is shown under in explanations (its path, or "persona:<name>")."""
+
+    name: str
+    store: Any
+
+
+class Agent:
+    """A persona with its knowledge and a backend; `respond` runs one turn."""
+
+    def __init__(
+        self,
+        persona: Persona,
+        *,
+        stores: Sequence[Store | NamedStore] = (),
+        backend: Backend | None,
+        embedder: Embedder | None = None,
+    ) -> None:
+        self.persona = persona
+        self.backend = backend
+        self.embedder = embedder if embedder is not None else shared_embedder("default")
+        self.stores = [s if isinstance(s, NamedStore) else NamedStore(_store_name(s), s) for s in stores]
+        inline = _inline_store(persona, self.embedder)
+        if inline is not None:
+            self.stores.append(inline)
+        count = getattr(backend, "count_tokens", None)
+        self.count_tokens = count if callable(count) else estimate_tokens
+        self.builder = PromptBuilder(persona, count_tokens=self.count_tokens)
+        self.use_knowledge = True  # evaluation ablations switch these off
+        self.use_selection = True
+
+    # -- construction ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_names(
+        cls,
+        persona: str = "xiaodai",
+        knowledge: list[str] | str | None = None,
+        backend: str | None = "llama_cpp",
+        model: str = "default",
+        **backend_options: Any,
+    ) -> Agent:
+        """Load a persona by name or path, open its stores plus `knowledge`, and start a backend (None: no model)."""
+        from xdai.persona import load_persona
+
+        loaded = load_persona(persona)
+        names = list(getattr(loaded.knowledge, "stores", []) or [])
+        extra = [knowledge] if isinstance(knowledge, str) else list(knowledge or [])
+        stores = [open_store(n, persona=loaded) for n in names]
+        stores += [open_store(n) for n in extra]
+        engine = None
+        if backend:
+            from xdai.backends import get_backend
+
+            engine = get_backend(backend, model, **backend_options)
+        return cls(loaded, stores=stores, backend=engine)
+
+    def greeting(self) -> str:
+        return self.persona.greeting()
+
+    def new_history(self) -> History:
+        return History()
+
+    # -- one turn ----------------------------------------------------------------------------------------------
+    def condition_text(self, condition: str | None) -> tuple[str, str] | None:
+        """(name, post-response) for a named condition, or free text given as "text:...". Unknown: ValueError."""
+        if condition is None or condition == "":
+            return None
+        if condition.startswith(FREE_CONDITION_PREFIX):
+            text = condition[len(FREE_CONDITION_PREFIX) :].strip()
+            return ("text", text) if text else None
+        conditions = dict(getattr(self.persona, "conditions", {}) or {})
+        if condition not in conditions:
+            known = ", ".join(sorted(conditions)) or "none"
+            raise ValueError(f"unknown condition {condition!r} for persona {self.persona.name!r} (known: {known})")
+        return condition, conditions[condition]
+
+    def build_prompt(self, history: History, utterance: str, *, condition: str | None = None) -> Prompt:
+        """Select history, retrieve knowledge and assemble the annotated prompt. No model call."""
+        spec = self.persona.selection
+        cond = self.condition_text(condition)
+        utterance = utterance or ""
+        selection = self._select(history, utterance)
+        context = _recent_texts(history, spec.lore_scan_turns)
+        exchange_knowledge: dict[int, Knowledge] = {}
+        utterance_knowledge: Knowledge | None = None
+        background: list[Knowledge] = []
+        qa: list[Knowledge] = []
+        if self.use_knowledge and self.stores:
+            qa, background, found = self._retrieve(utterance, context, history, selection)
+            utterance_knowledge = qa[0] if qa else None
+            used = {utterance_knowledge.id} if utterance_knowledge else set()
+            for index, item in sorted(found.items()):
+                if item.id not in used:  # one piece of knowledge is said once, as close to the utterance as possible
+                    exchange_knowledge[index] = item
+                    used.add(item.id)
+        lore = []
+        book = getattr(self.persona, "character_book", None)
+        if book is not None:
+            lore = list(book.triggered([*context, utterance]))
+        prompt = self.builder.build(
+            utterance,
+            selection=selection,
+            exchange_knowledge=exchange_knowledge,
+            utterance_knowledge=utterance_knowledge,
+            background=background,
+            lore=lore,
+            condition=cond,
+        )
+        # Questions the user might ask next: the other QA pairs retrieved for this utterance.
+        prompt.suggestions = [k.q for k in qa[1:] if k.q][:3] if self.use_knowledge and self.stores else []
+        return prompt
+
+    async def respond(
+        self,
+        history: History,
+        utterance: str,
+        *,
+        condition: str | None = None,
+        cancel: asyncio.Event | None = None,
+    ) -> AsyncIterator[Delta | Reply]:
+        """Stream Delta pieces, then exactly one Reply. Setting `cancel` ends the turn with "cancelled"."""
+        prompt = self.build_prompt(history, utterance, condition=condition)
+        settings = self.generation_settings(prompt)
+        usage = {"prompt_tokens": self.count_tokens(prompt.render().before), "completion_tokens": 0}
+        if self.backend is None:
+            raise RuntimeError("this Agent has no backend: build it with a backend to generate replies")
+        filt = ReplyFilter(prompt.stop_sequences(), _safety(self.persona))
+        finish, error = "stop", None
+        try:
+            if self._rerank_count() > 1 or self._gen("inverse_prompting", False):
+                pieces = self._reranked(prompt, settings, utterance)
+            else:
+                pieces = self.backend.fill(prompt.render(), settings)
+            async for piece in _until_cancelled(pieces, cancel):
+                usage["completion_tokens"] += self._piece_tokens(piece)
+                out = filt.feed(piece)
+                if out:
+                    yield Delta(out)
+                if filt.stopped:
+                    break
+            else:
+                if cancel is not None and cancel.is_set():
+                    finish = "cancelled"
+                elif usage["completion_tokens"] >= settings.max_tokens:
+                    finish = "length"
+        except asyncio.CancelledError:
+            finish = "cancelled"
+        except Exception as exc:  # a backend failure ends this turn, never the session
+            log.exception("backend %s failed", getattr(self.backend, "name", "?"))
+            finish, error = "error", f"{type(exc).__name__}: {exc}"
+        tail = filt.flush()
+        if tail:
+            yield Delta(tail)
+        yield Reply(
+            text=filt.text.strip(),
+            finish_reason=finish,
+            usage=usage,
+            grounding=prompt.grounding(),
+            prompt=prompt,
+            suggestions=list(prompt.suggestions),
+            error=error,
+        )
+
+    async def reply_text(self, history: History, utterance: str, *, condition: str | None = None) -> Reply:
+        """The whole reply at once (evaluation, tests)."""
+        reply = None
+        async for event in self.respond(history, utterance, condition=condition):
+            if isinstance(event, Reply):
+                reply = event
+        assert reply is not None
+        return reply
+
+    def generation_settings(self, prompt: Prompt) -> GenerationSettings:
+        """The persona's generation settings, stopping at the next speaker tag."""
+        settings = self.persona.generation_settings()
+        settings.stop = list(dict.fromkeys([*settings.stop, *prompt.stop_sequences()]))
+        return settings
+
+    # -- the parts ---------------------------------------------------------------------------------------------
+    def _select(self, history: History, utterance: str) -> list[ScoredExchange]:
+        spec = self.persona.selection
+        count = len(history)
+        if count == 0:
+            return []
+        if not self.use_selection:  # ablation: the most recent exchanges, no scoring
+            keep = set(range(max(count - spec.history_pairs, 0), count))
+            return [
+                ScoredExchange(i, e, 1.0, 0.0, 0.0, selected=i in keep)
+                for i, e in enumerate(history.exchanges)
+            ]
+        vectors, query = history.embed_turn(self.embedder, utterance)
+        kept, scores, decays, cosines = select_history_by_decayed_similarity(
+            vectors, query, alpha=spec.alpha, n=spec.history_pairs
+        )
+        kept_set = set(kept)
+        by_score = sorted(range(count), key=lambda i: (-scores[i], -i))[: spec.history_pairs]
+        forced = count - 1 if kept and (count - 1) not in by_score else None
+        return [
+            ScoredExchange(
+                i, e, float(decays[i]), float(cosines[i]), float(scores[i]), selected=i in kept_set, forced=i == forced
+            )
+            for i, e in enumerate(history.exchanges)
+        ]
+
+    def _retrieve(
+        self, utterance: str, context: list[str], history: History, selection: list[ScoredExchange]
+    ) -> tuple[list[Knowledge], list[Knowledge], dict[int, Knowledge]]:
+        """(QA pairs for the utterance, background descriptions, the best QA pair per selected exchange).
+
+        One batched query per store: the utterance (in its dialogue context) plus every selected exchange whose
+        best QA pair is not memoised on the history yet, so the embedder runs once for all of them.
+        """
+        spec = self.persona.selection
+        key = "qa:" + ",".join(s.name for s in self.stores)
+        pending = [s for s in selection if s.selected and s.exchange.text() and history.cached(s.index, key) is None]
+        queries = [{"query": s.exchange.text(), "context": []} for s in pending]
+        ask_utterance = bool(utterance.strip())
+        if ask_utterance:
+            queries.insert(0, {"query": utterance, "context": context})
+        depth = max(spec.top_k, 1) + spec.background_k + RETRIEVE_SLACK
+        qa: list[Knowledge] = []
+        background: list[Knowledge] = []
+        best: dict[int, Knowledge | None] = {s.index: None for s in pending}
+        if queries:
+            for named in self.stores:
+                results = named.store.query_batch(queries, top_k=depth, kind=None)
+                if ask_utterance:
+                    for hit in results[0]:
+                        found = self._relevant(hit, named.name)
+                        if found is not None:
+                            (qa if found.kind == "qa" else background).append(found)
+                for scored, hits in zip(pending, results[1 if ask_utterance else 0 :], strict=True):
+                    for hit in hits:
+                        found = self._relevant(hit, named.name)
+                        if found is not None and found.kind == "qa":
+                            if best[scored.index] is None or found.score > best[scored.index].score:
+                                best[scored.index] = found
+                            break
+        for index, found in best.items():
+            history.remember(index, key, found if found is not None else False)
+        qa.sort(key=lambda k: -k.score)
+        background.sort(key=lambda k: -k.score)
+        per_exchange = {}
+        for scored in selection:
+            memo = history.cached(scored.index, key) if scored.selected else None
+            if memo:
+                per_exchange[scored.index] = memo
+        return qa[: max(spec.top_k, 1)], background[: spec.background_k], per_exchange
+
+    def _relevant(self, hit: Any, store: str) -> Knowledge | None:
+        relevance = relevance_of(hit)
+        if relevance < self.persona.selection.qa_threshold:
+            return None
+        return Knowledge.from_hit(hit, store=store, score=relevance)
+
+    def _gen(self, key: str, default: Any) -> Any:
+        return self.persona.rerank_options().get(key, default)
+
+    def _rerank_count(self) -> int:
+        return int(self._gen("rerank", 0) or 0)
+
+    def _piece_tokens(self, piece: str) -> int:
+        return 1 if piece else 0
+
+    async def _reranked(self, prompt: Prompt, settings: GenerationSettings, utterance: str) -> AsyncIterator[str]:
+        """Sample n candidates, rescore them (post-response likelihood, inverse prompting), yield the best."""
+        from xdai import rerank
+
+        best = await rerank.best_reply(
+            self.backend,
+            prompt.render(),
+            settings,
+            n=max(self._rerank_count(), 1),
+            question=utterance,
+            inverse=bool(self._gen("inverse_prompting", False)),
+            inverse_weight=float(self._gen("inverse_weight", 1.0)),
+            language=self.persona.language,
+        )
+        yield best
+
+
+def relevance_of(hit: Any) -> float:
+    """A hit's relevance on the cosine scale the persona's threshold is written in.
+
+    Stores fuse dense and BM25 ranks (RRF), whose scores are not comparable across queries; the dense cosine
+    is. A hit found only lexically or through the dialogue's entity counts as relevant at the threshold.
+    """
+    why = getattr(hit, "why", {}) or {}
+    dense = why.get("dense_score")
+    if dense is not None:
+        return float(dense)
+    return float(hit.score)
+
+
+class ReplyFilter:
+    """The backend's bot-turn trimming (`TurnFilter`) plus the persona's safety words, masked across pieces."""
+
+    def __init__(self, stops: Sequence[str], safety: tuple[list[str], str] = ([], "")) -> None:
+        self.turn = TurnFilter(stops, single_line=True)
+        self.blocked, self.replacement = [w for w in safety[0] if w], safety[1]
+        self.hold = max([len(w) for w in self.blocked] + [1]) - 1
+        self.buffer = ""
+        self.text = ""
+
+    @property
+    def stopped(self) -> bool:
+        return self.turn.done
+
+    def _release(self, final: bool) -> str:
+        for word in self.blocked:
+            self.buffer = self.buffer.replace(word, self.replacement)
+        split = len(self.buffer) if final else max(len(self.buffer) - self.hold, 0)
+        ready, self.buffer = self.buffer[:split], self.buffer[split:]
+        self.text += ready
+        return ready
+
+    def feed(self, piece: str) -> str:
+        self.buffer += self.turn.feed(piece)
+        return self._release(final=self.turn.done)
+
+    def flush(self) -> str:
+        self.buffer += self.turn.finish()
+        return self._release(final=True)
+
+
+async def _until_cancelled(pieces: AsyncIterator[str], cancel: asyncio.Event | None) -> AsyncIterator[str]:
+    try:
+        async for piece in pieces:
+            if cancel is not None and cancel.is_set():
+                break
+            yield piece
+    finally:
+        close = getattr(pieces, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def _safety(persona: Any) -> tuple[list[str], str]:
+    spec = getattr(persona, "safety", None)
+    if spec is None:
+        return [], ""
+    return list(getattr(spec, "blocked_words", []) or []), str(getattr(spec, "replacement", "") or "")
+
+
+def _recent_texts(history: History, turns: int) -> list[str]:
+    """The last `turns` exchanges as messages, oldest first (retrieval context, lorebook scan)."""
+    out: list[str] = []
+    for ex in history.exchanges[-turns:] if turns > 0 else []:
+        out += [t for t in (ex.user, ex.bot) if t]
+    return out
+
+
+def _store_name(store: Any) -> str:
+    return str(getattr(store, "path", None) or getattr(store, "name", None) or type(store).__name__)
+
+
+def _persona_file(persona: Any) -> str:
+    return str(getattr(persona, "path", None) or persona.name)
+
+
+class StoreNotFound(FileNotFoundError):
+    """A knowledge store named by a persona or on the command line does not exist."""
+
+
+def open_store(name: str, *, persona: Any = None) -> NamedStore:
+    """Open a store by path or by name (see `xdai.persona.resolve_store`); missing: StoreNotFound naming both."""
+    from knowledge.store import Store
+    from xdai.persona import resolve_store
+
+    persona_path = getattr(persona, "path", None)
+    path = resolve_store(name, persona_path)
+    if path is None:
+        owner = f"persona {persona_path or persona.name} names" if persona is not None else "--knowledge names"
+        raise StoreNotFound(
+            f"{owner} knowledge store {name!r}, but no store exists there "
+            f"(build it with: xdai knowledge build SOURCES --out {name})"
+        )
+    embedder = None
+    try:  # the store's own embedder, behind the process-wide cache that history selection shares
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        embedder = shared_embedder(manifest["embedder"]["name"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # Store.open reports what is wrong with the store
+    return NamedStore(str(path), Store.open(path, embedder=embedder))
+
+
+def _inline_store(persona: Any, embedder: Any) -> NamedStore | None:
+    """The persona's inline background descriptions and QA pairs as an in-memory store."""
+    spec = getattr(persona, "knowledge", None)
+    if spec is None:
+        return None
+    from knowledge.item import Item
+    from knowledge.store import Store
+
+    source = _persona_file(persona)
+    items = []
+    for i, qa in enumerate(getattr(spec, "qa", []) or []):
+        items.append(Item(id=f"{persona.name}:qa:{i}", kind="qa", text=f"{qa.q} {qa.a}", q=qa.q, a=qa.a,
+                          lang=persona.language, source_file=source, source_record=f"knowledge.qa[{i}]"))
+    for i, text in enumerate(getattr(spec, "background", []) or []):
+        items.append(Item(id=f"{persona.name}:background:{i}", kind="description", text=text, lang=persona.language,
+                          source_file=source, source_record=f"knowledge.background[{i}]"))
+    if not items:
+        return None
+    return NamedStore(f"persona:{persona.name}", Store.from_items(items, embedder))
