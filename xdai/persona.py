@@ -286,17 +286,20 @@ class _Loc:
     col: int = 0
 
 
-def _from_node(node: yaml.Node, loader: yaml.SafeLoader, path: str) -> _Loc:
+def _from_node(node: yaml.Node, loader: yaml.SafeLoader, path: str, depth: int = 0) -> _Loc:
+    if depth > 64:
+        raise RecursionError(path)
     line, col = node.start_mark.line + 1, node.start_mark.column + 1
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)  # resolve `<<` merge keys as safe_load would
         pairs = []
         for k, v in node.value:
-            key = _from_node(k, loader, path)
-            pairs.append((key, _from_node(v, loader, _join(path, key.value))))
+            key = _from_node(k, loader, path, depth + 1)
+            pairs.append((key, _from_node(v, loader, _join(path, key.value), depth + 1)))
         return _Loc("map", pairs, path, line, col)
     if isinstance(node, yaml.SequenceNode):
-        return _Loc("seq", [_from_node(n, loader, f"{path}[{i}]") for i, n in enumerate(node.value)], path, line, col)
+        items = [_from_node(n, loader, f"{path}[{i}]", depth + 1) for i, n in enumerate(node.value)]
+        return _Loc("seq", items, path, line, col)
     return _Loc("scalar", loader.construct_object(node, deep=True), path, line, col)
 
 
@@ -602,8 +605,8 @@ def _xdai_spec(b: _Builder) -> dict[str, Callable[[_Loc], Any]]:
 
     return {
         "language": lambda v: b.literal(v, ("zh", "en")),
-        "bot_speaker": b.string,
-        "user_speaker": b.string,
+        "bot_speaker": lambda v: _speaker(b, v),
+        "user_speaker": lambda v: _speaker(b, v),
         "knowledge": knowledge,
         "selection": selection,
         "conditions": lambda v: b.dict_of_strings(v, "condition"),
@@ -649,12 +652,31 @@ def _persona_spec(b: _Builder) -> dict[str, Callable[[_Loc], Any]]:
     return spec
 
 
+_SPEAKER_BREAKERS = re.compile(r"[:：\n\r\x00-\x1f\x7f\[\]]")
+
+
+def _speaker(b: _Builder, loc: _Loc) -> Any:
+    """A speaker tag opens a line of the prompt ("小呆：..."), so it must not be able to break that format."""
+    v = b.string(loc)
+    if v is _BAD:
+        return v
+    if not v.strip() or _SPEAKER_BREAKERS.search(v):
+        return b.error(loc, f"a speaker name is one non-empty line without colons, brackets or control "
+                            f"characters, got {v!r}")
+    return v
+
+
 def _build(b: _Builder, root: _Loc) -> Persona | None:
     if root.kind != "map":
         b.error(root, f"a persona is a mapping of fields (name: ..., description: ...), got {_describe(root)}")
         return None
     d = b.mapping(root, _persona_spec(b), required=("name",))
     if d is _BAD:
+        return None
+    if "bot_speaker" not in d and _SPEAKER_BREAKERS.search(d["name"]):
+        name = _find(root, ["name"])
+        b.error(name, f"the name is the bot's speaker tag unless `bot_speaker` is set, and {d['name']!r} would "
+                      "break the speaker format: set bot_speaker")
         return None
     return Persona(**d)
 
@@ -664,8 +686,9 @@ def _build(b: _Builder, root: _Loc) -> Persona | None:
 
 
 def _parse_yaml(text: str, file: str, b: _Builder) -> _Loc | None:
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
         if node is None:
             b.issues.append(PersonaIssue(file, 1, 1, "empty file: a persona needs at least `name:`"))
@@ -682,11 +705,21 @@ def _parse_yaml(text: str, file: str, b: _Builder) -> _Loc | None:
         b.issues.append(PersonaIssue(file, mark.line + 1 if mark else 1, mark.column + 1 if mark else 1,
                                      f"YAML syntax: {message}"))
         return None
+    except yaml.reader.ReaderError as exc:
+        before = text[: exc.position]
+        line, col = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+        b.issues.append(PersonaIssue(file, line, col, f"control character {exc.character:#06x} is not allowed "
+                                     "(write it as an escape inside double quotes, e.g. \"\\x01\")"))
+        return None
     except yaml.YAMLError as exc:
         b.issues.append(PersonaIssue(file, 1, 1, f"YAML syntax: {exc}"))
         return None
+    except RecursionError:
+        b.issues.append(PersonaIssue(file, 1, 1, "YAML: a recursive alias (an anchor that contains itself)"))
+        return None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def parse_persona(text: str, file: str = "<string>") -> tuple[Persona | None, list[PersonaIssue]]:
@@ -780,11 +813,13 @@ def load_persona(name_or_path: str | Path, personas_dir: Path | None = None) -> 
     if not path.is_file():
         known = ", ".join(f.stem for f in persona_files(personas_dir)) or "none"
         raise PersonaError([PersonaIssue(str(path), 0, 0, f"no persona {str(name_or_path)!r} (known: {known})")])
-    issues = [i for i in check_persona_file(path) if i.severity == "error"]
-    if issues:
-        raise PersonaError(issues)
-    persona, _ = parse_persona(path.read_text(encoding="utf-8"), str(path))
-    assert persona is not None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PersonaError([PersonaIssue(str(path), 0, 0, f"cannot read: {exc}")]) from None
+    persona, issues = parse_persona(text, str(path))
+    if persona is None:
+        raise PersonaError([i for i in issues if i.severity == "error"])
     persona.path = path
     return persona
 

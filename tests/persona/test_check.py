@@ -142,3 +142,25 @@ def test_cli_check_fails_with_every_error_and_a_summary(cli, write_yaml) -> None
         "conditions, generation, safety, card_extra); put custom data under `extensions`",
         "persona check: 2 files, 2 errors, 0 warnings: FAILED",
     ]
+
+
+def test_speaker_names_cannot_break_the_speaker_format(write_yaml) -> None:
+    path = write_yaml('name: x\nuser_speaker: "User: hi"\nbot_speaker: "a\\nb"\n')
+    assert messages(path) == [
+        f"{path}:2:15: user_speaker: a speaker name is one non-empty line without colons, brackets or control "
+        "characters, got 'User: hi'",
+        f"{path}:3:14: bot_speaker: a speaker name is one non-empty line without colons, brackets or control "
+        "characters, got 'a\\nb'",
+    ]
+    named = write_yaml('name: "Dr: Who"\n', "named.yaml")
+    assert messages(named) == [f"{named}:1:7: name: the name is the bot's speaker tag unless `bot_speaker` is "
+                               "set, and 'Dr: Who' would break the speaker format: set bot_speaker"]
+    assert check_persona_file(write_yaml('name: "Dr: Who"\nbot_speaker: Who\n', "ok.yaml")) == []
+
+
+def test_raw_control_characters_and_recursive_aliases(write_yaml) -> None:
+    ctl = write_yaml("name: x\ndescription: a\x01b\n", "ctl.yaml")
+    assert messages(ctl) == [f'{ctl}:2:15: control character 0x0001 is not allowed (write it as an escape '
+                             'inside double quotes, e.g. "\\x01")']
+    rec = write_yaml("name: x\nextensions: &a {self: *a}\n", "rec.yaml")
+    assert messages(rec) == [f"{rec}:1:1: YAML: a recursive alias (an anchor that contains itself)"]
