@@ -68,7 +68,9 @@ def bias_gelu_reference(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Ten
 
 @triton.jit
 def _tanh(x):
-    # tanh through sigmoid: portable across the GPU backends and Triton's interpreter.
+    # tanh through sigmoid: portable across the GPU backends and Triton's interpreter. |x| > 20 is
+    # saturated in fp32 anyway; the clamp keeps exp() from overflowing.
+    x = tl.minimum(tl.maximum(x, -20.0), 20.0)
     return 2.0 * tl.sigmoid(2.0 * x) - 1.0
 
 
