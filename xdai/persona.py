@@ -119,24 +119,25 @@ AND_ANY, NOT_ALL, NOT_ANY, AND_ALL = 0, 1, 2, 3
 
 @dataclass
 class BookEntry:
-    """A lorebook entry. Optional Card V2 fields are None when absent, so a card round-trips as it came:
-    read `case_sensitive`, `selective`, `constant` as False and `position` as "before_char" when None."""
+    """A lorebook entry. Optional Card V2 fields without a natural default are None when absent; `given` names
+    the optional fields a source spelled out, so that export writes exactly those (and any non-default one)."""
 
     keys: list[str] = field(default_factory=list)
     content: str = ""
     extensions: dict[str, Any] = field(default_factory=dict)
     enabled: bool = True
     insertion_order: int = 0
-    case_sensitive: bool | None = None
+    case_sensitive: bool = False
     name: str | None = None
     priority: int | None = None
     id: int | str | None = None
     comment: str | None = None
-    selective: bool | None = None
-    secondary_keys: list[str] | None = None
-    constant: bool | None = None
-    position: Position | None = None
+    selective: bool = False
+    secondary_keys: list[str] = field(default_factory=list)
+    constant: bool = False
+    position: Position = "before_char"
     card_extra: dict[str, Any] = field(default_factory=dict)
+    given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     def matches(self, text: str) -> bool:
         """Whether the keys (and, for a selective entry, the secondary keys) trigger on `text`."""
@@ -547,7 +548,7 @@ def _book_entry(b: _Builder, loc: _Loc) -> Any:
         },
         required=("keys", "content"),
     )
-    return d if d is _BAD else BookEntry(**d)
+    return d if d is _BAD else BookEntry(**d, given=frozenset(d))
 
 
 def _character_book(b: _Builder, loc: _Loc) -> Any:
@@ -925,10 +926,12 @@ def _entry_to_dict(e: BookEntry, card: bool) -> dict[str, Any]:
         out["enabled"] = e.enabled
     if card or e.insertion_order:
         out["insertion_order"] = e.insertion_order
+    default = BookEntry()
     for key in ("case_sensitive", "name", "priority", "id", "comment", "selective", "secondary_keys",
                 "constant", "position"):
-        if getattr(e, key) is not None:
-            out[key] = copy.deepcopy(getattr(e, key))
+        value = getattr(e, key)
+        if key in e.given or value != getattr(default, key):
+            out[key] = copy.deepcopy(value)
     _merge_extra(out, e.card_extra, card)
     return out
 
