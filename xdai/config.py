@@ -77,6 +77,13 @@ class ServerConfig:
     workers: int = 2
     idle_timeout_s: float = 1800.0
     rate_limit_per_s: float = 5.0
+    rate_limit_burst: float = 10.0  # frames a connection may send at once before the rate applies
+    ip_rate_limit_per_s: float = 50.0  # all connections of one IP together
+    max_connections_per_ip: int = 256
+    send_buffer_frames: int = 1024  # a connection that falls this far behind is closed (1013) and may resume
+    shutdown_grace_s: float = 10.0  # in-flight replies get this long to finish; the rest end "interrupted"
+    sqlite_synchronous: str = "FULL"  # FULL: a commit is on disk before its frame is sent
+    instance_id: str = ""  # names this replica's in-flight replies for crash recovery; default host:port
 
 
 @dataclass

@@ -1,0 +1,190 @@
+"""A small async client for the xdai WebSocket protocol v1 (docs/protocol.md).
+
+    async with await Client.connect("ws://127.0.0.1:8765/ws") as client:
+        opened = await client.open("xiaodai")
+        reply = await client.chat("谷爱凌是谁？")
+        print(reply.text, reply.end["grounding"])
+
+The client remembers the session id and the highest ``seq`` it has seen, so `reconnect` resumes where it left off
+without losing or repeating frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+
+Frame = dict[str, Any]
+
+
+class ServerError(RuntimeError):
+    """An ``error`` frame, raised by the helpers that wait for one specific answer."""
+
+    def __init__(self, frame: Frame) -> None:
+        super().__init__(f"{frame.get('code')}: {frame.get('message')}")
+        self.frame = frame
+        self.code = frame.get("code")
+
+
+@dataclass
+class ChatResult:
+    """Everything the server sent for one message, in order."""
+
+    id: str
+    frames: list[Frame] = field(default_factory=list)
+    ack_s: float | None = None  # send -> message.ack
+    first_delta_s: float | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(f["text"] for f in self.frames if f["type"] == "response.delta")
+
+    @property
+    def end(self) -> Frame | None:
+        return next((f for f in self.frames if f["type"] == "response.end"), None)
+
+    @property
+    def errors(self) -> list[Frame]:
+        return [f for f in self.frames if f["type"] == "error"]
+
+
+class Client:
+    def __init__(self, ws: ClientConnection, url: str, connect_kwargs: dict[str, Any],
+                 on_frame: Callable[[Frame], None] | None = None) -> None:
+        self.ws, self.url, self._connect_kwargs, self.on_frame = ws, url, connect_kwargs, on_frame
+        self.session_id: str | None = None
+        self.bot: str | None = None
+        self.last_seq = 0
+        self.greeting = ""
+
+    @classmethod
+    async def connect(cls, url: str, *, api_key: str | None = None, origin: str | None = None,
+                      on_frame: Callable[[Frame], None] | None = None, **kwargs: Any) -> Client:
+        """Open the socket. `api_key` goes in the Authorization header; `on_frame` sees every frame received."""
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        kwargs = {"additional_headers": headers, "origin": origin, "max_size": 2**22, "compression": None,
+                  "open_timeout": 30, **kwargs}
+        return cls(await connect(url, **kwargs), url, kwargs, on_frame)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+    # -- frames ----------------------------------------------------------------------------------------------
+    async def send_frame(self, kind: str, **fields: Any) -> Frame:
+        frame = {"v": 1, "type": kind, **fields}
+        if self.session_id and kind != "session.open":
+            frame.setdefault("session_id", self.session_id)
+        await self.ws.send(json.dumps(frame, ensure_ascii=False))
+        return frame
+
+    async def send_raw(self, data: str | bytes) -> None:
+        """Send anything at all (the fault tests use it)."""
+        await self.ws.send(data)
+
+    async def recv(self, timeout: float | None = 60.0) -> Frame:
+        """The next frame; frames with a seq at or below the last one seen are dropped (a resume overlap)."""
+        while True:
+            raw = await asyncio.wait_for(self.ws.recv(), timeout)
+            frame = json.loads(raw)
+            if self.on_frame is not None:
+                self.on_frame(frame)
+            seq = frame.get("seq")
+            if seq is not None:
+                if seq <= self.last_seq:
+                    continue
+                self.last_seq = seq
+            return frame
+
+    # -- protocol --------------------------------------------------------------------------------------------
+    async def open(self, bot: str, *, session_id: str | None = None, resume_from_seq: int | None = None,
+                   auth: str | None = None, timeout: float = 60.0) -> Frame:
+        """``session.open``; returns ``session.opened`` or raises `ServerError`."""
+        fields: dict[str, Any] = {"bot": bot}
+        if session_id:
+            fields["session_id"] = session_id
+        if resume_from_seq is not None:
+            fields["resume_from_seq"] = resume_from_seq
+        if auth:
+            fields["auth"] = auth
+        await self.send_frame("session.open", **fields)
+        while True:
+            frame = await self.recv(timeout)
+            if frame["type"] == "session.opened":
+                self.session_id, self.bot, self.greeting = frame["session_id"], frame["bot"], frame["greeting"]
+                return frame
+            if frame["type"] == "error" and frame.get("reply_to") is None:
+                raise ServerError(frame)
+
+    async def reconnect(self, timeout: float = 60.0) -> Frame:
+        """A new socket for the same session, resuming after the last seq seen."""
+        if self.session_id is None or self.bot is None:
+            raise RuntimeError("reconnect needs an opened session")
+        await self.ws.close()
+        self.ws = await connect(self.url, **self._connect_kwargs)
+        return await self.open(self.bot, session_id=self.session_id, resume_from_seq=self.last_seq, timeout=timeout)
+
+    async def send(self, text: str, *, id: str | None = None, metadata: dict[str, Any] | None = None,
+                   condition: str | None = None) -> str:
+        """``message.create``; returns the message id (pass the same id again to retry safely)."""
+        msg_id = id or f"m-{uuid.uuid4().hex[:12]}"
+        fields: dict[str, Any] = {"id": msg_id, "text": text}
+        if metadata is not None:
+            fields["metadata"] = metadata
+        if condition is not None:
+            fields["condition"] = condition
+        await self.send_frame("message.create", **fields)
+        return msg_id
+
+    async def cancel(self, reply_to: str) -> None:
+        await self.send_frame("response.cancel", reply_to=reply_to)
+
+    async def ping(self, timeout: float = 30.0) -> Frame:
+        await self.send_frame("ping")
+        while True:
+            frame = await self.recv(timeout)
+            if frame["type"] == "pong":
+                return frame
+
+    async def stream(self, msg_id: str, timeout: float = 120.0) -> AsyncIterator[Frame]:
+        """Frames about message `msg_id` until its reply ends (or it is refused with an error)."""
+        response_id = None
+        while True:
+            frame = await self.recv(timeout)
+            kind = frame["type"]
+            if frame.get("reply_to") == msg_id or (response_id and frame.get("response_id") == response_id):
+                if kind == "response.start":
+                    response_id = frame["response_id"]
+                yield frame
+                if kind == "error" and response_id is None:
+                    return
+                if kind == "response.end" and frame["finish_reason"] != "error":
+                    return
+                if kind == "error" and frame.get("code") == "backend_error":
+                    return
+
+    async def chat(self, text: str, *, id: str | None = None, timeout: float = 120.0, **fields: Any) -> ChatResult:
+        """Send one message and collect everything about it until its reply ends."""
+        started = time.perf_counter()
+        msg_id = await self.send(text, id=id, **fields)
+        result = ChatResult(msg_id)
+        async for frame in self.stream(msg_id, timeout):
+            now = time.perf_counter() - started
+            if frame["type"] == "message.ack" and result.ack_s is None:
+                result.ack_s = now
+            if frame["type"] == "response.delta" and result.first_delta_s is None:
+                result.first_delta_s = now
+            result.frames.append(frame)
+        return result

@@ -1,0 +1,65 @@
+"""`xdai serve`: host the configured bots over WebSocket, with the chat page, health and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from xdai.service.server import XdaiServer
+
+
+@click.command("serve")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="xdai.yaml to read (default: $XDAI_CONFIG or ./xdai.yaml when present).")
+@click.option("--host", default=None, help="Address to bind (default: server.host, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port to bind (default: server.port, 8765; 0 picks a free one).")
+@click.option("--bot", "bots", multiple=True, help="Bot to host (repeatable; default: server.bots).")
+def serve(config_path: str | None, host: str | None, port: int | None, bots: tuple[str, ...]) -> None:
+    """Serve bots: WebSocket at /ws, the chat page at /, /healthz, /metrics, /bots."""
+    from bots.registry import BotError, build_agent, load_bots
+    from xdai.config import ConfigError, load_config
+    from xdai.service.server import XdaiServer
+    from xdai.service.sessions import open_store
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    try:
+        cfg = load_config(config_path)
+        declared = load_bots(cfg.paths.bots_dir)
+    except (ConfigError, BotError) as exc:
+        raise click.ClickException(str(exc)) from None
+    server_cfg = cfg.server
+    server_cfg.host = host or server_cfg.host
+    server_cfg.port = server_cfg.port if port is None else port
+    names = list(bots) or list(server_cfg.bots)
+    missing = [n for n in names if n not in declared]
+    if missing:
+        raise click.ClickException(f"server.bots: no bot named {', '.join(map(repr, missing))} in {cfg.paths.bots_dir} "
+                                   f"(declared: {', '.join(sorted(declared)) or 'none'})")
+    agents = {}
+    for name in names:
+        started = time.monotonic()
+        try:
+            agents[name] = build_agent(declared[name], cfg.paths.stores_dir)
+        except (ValueError, FileNotFoundError, RuntimeError) as exc:
+            raise click.ClickException(f"bot {name}: {exc}") from None
+        click.echo(f"bot {name}: ready ({declared[name].backend}/{declared[name].model}, "
+                   f"{time.monotonic() - started:.1f}s)", err=True)
+    store = open_store(server_cfg.session_store, sqlite_path=server_cfg.sqlite_path, redis_url=server_cfg.redis_url,
+                       synchronous=server_cfg.sqlite_synchronous)
+    asyncio.run(_serve(XdaiServer(server_cfg, declared, agents, store)))
+
+
+async def _serve(server: XdaiServer) -> None:
+    port = await server.start()
+    cfg = server.cfg
+    click.echo(f"serving http://{cfg.host}:{port}/ (WebSocket ws://{cfg.host}:{port}/ws; bots: "
+               f"{', '.join(sorted(server.agents))}; sessions: {cfg.session_store})", err=True)
+    await server.run()
+    click.echo("server stopped", err=True)

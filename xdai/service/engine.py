@@ -1,0 +1,448 @@
+"""Sessions and turns: the part of the service that knows what a frame means, but not how it travels.
+
+`GenerationPool` runs turns off the event loop: each worker thread owns an event loop of its own and drives
+`Agent.respond` there (retrieval, prompt assembly and the model all run in the worker), handing pieces back to the
+server's loop. In front of the workers sits a bounded queue; when it is full a new message is refused with
+``busy`` at once. `Hub` owns the live sessions: it orders every session frame with ``seq``, writes what must be
+durable before the frame that promises it, keeps one response in flight per session, makes message ids
+idempotent and replays the frame log to a resuming client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from xdai.service.metrics import Metrics
+from xdai.service.protocol import ProtocolError, server_frame
+from xdai.service.sessions import SEQ_WINDOW, SessionRecord, SessionStore, exchanges
+
+log = logging.getLogger(__name__)
+
+
+class Responder(Protocol):
+    """What the service needs from a bot: `xdai.turn.Agent` is one."""
+
+    def greeting(self) -> str: ...
+    def new_history(self) -> Any: ...
+    def respond(self, history: Any, utterance: str, *, condition: str | None = None,
+                cancel: asyncio.Event | None = None) -> Any: ...
+
+
+class Sink(Protocol):
+    """Where a session's frames go: a connection (see server.Connection)."""
+
+    def push(self, frame: dict[str, Any], t0: float | None = None) -> None: ...
+
+
+# ------------------------------------------------------------------------------------------ generation pool
+class Job:
+    """One turn for a worker. `cancel` may be called from any thread, before or while it runs."""
+
+    def __init__(self, agent: Responder, history: Any, utterance: str, condition: str | None,
+                 emit: Callable[[Any, float], None]) -> None:
+        self.agent, self.history, self.utterance, self.condition, self.emit = agent, history, utterance, condition, emit
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            if self._loop is not None and self._event is not None:
+                self._loop.call_soon_threadsafe(self._event.set)
+
+    async def run(self) -> None:
+        """On a worker's loop: stream the agent's events to `emit` (Delta..., then one Reply or the exception)."""
+        event = asyncio.Event()
+        with self._lock:
+            self._loop, self._event = asyncio.get_running_loop(), event
+            if self._cancelled:
+                event.set()
+        try:
+            async for item in self.agent.respond(self.history, self.utterance, condition=self.condition, cancel=event):
+                self.emit(item, time.perf_counter())
+        except Exception as exc:  # a failure before the agent could answer still ends the turn, never the server
+            log.exception("turn failed")
+            self.emit(exc, time.perf_counter())
+
+
+class GenerationPool:
+    """`workers` threads, each with its own event loop, behind a queue of at most `queue_size` waiting turns."""
+
+    def __init__(self, workers: int, queue_size: int) -> None:
+        self.capacity = max(workers, 1) + max(queue_size, 0)
+        self.queue: asyncio.Queue[Job] | None = None
+        self.loops: list[asyncio.AbstractEventLoop] = []
+        self.threads: list[threading.Thread] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.admitted = 0  # turns queued or running
+        self.running = 0
+        self.workers = max(workers, 1)
+
+    @property
+    def depth(self) -> int:
+        """Turns waiting for a worker."""
+        return self.queue.qsize() if self.queue is not None else 0
+
+    def start(self) -> None:
+        self.queue = asyncio.Queue()
+        for i in range(self.workers):
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, name=f"xdai-gen-{i}", daemon=True)
+            thread.start()
+            self.loops.append(loop)
+            self.threads.append(thread)
+            self.tasks.append(asyncio.create_task(self._dispatch(loop)))
+
+    def admit(self) -> bool:
+        """Reserve room for one turn; False when queue and workers are full (the caller answers ``busy``)."""
+        if self.admitted >= self.capacity:
+            return False
+        self.admitted += 1
+        return True
+
+    def release(self) -> None:
+        self.admitted -= 1
+
+    def submit(self, job: Job) -> None:
+        assert self.queue is not None, "GenerationPool.start() first"
+        self.queue.put_nowait(job)
+
+    async def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self.queue is not None
+        while True:
+            job = await self.queue.get()
+            self.running += 1
+            try:
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(job.run(), loop))
+            except Exception:
+                log.exception("generation worker failed")
+            finally:
+                self.running -= 1
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for loop in self.loops:
+            loop.call_soon_threadsafe(loop.stop)
+        for thread in self.threads:
+            thread.join(timeout=5)
+
+
+# --------------------------------------------------------------------------------------------------- sessions
+@dataclass
+class Turn:
+    msg_id: str
+    response_id: str
+    text: str
+    received: float  # perf_counter when the message arrived
+    job: Job | None = None
+    reason: str | None = None  # set when the server ends the turn itself ("interrupted" at shutdown)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class LiveSession:
+    record: SessionRecord
+    agent: Responder
+    history: Any
+    seen: set[str]  # user message ids already stored
+    next_seq: int
+    seq_reserved: int
+    sink: Sink | None = None
+    turn: Turn | None = None
+    pending: list[dict[str, Any]] = field(default_factory=list)  # sent frames not yet in the store
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    touched: float = field(default_factory=time.monotonic)
+
+    @property
+    def id(self) -> str:
+        return self.record.session_id
+
+
+class Hub:
+    """Live sessions over a `SessionStore`, turns over a `GenerationPool`."""
+
+    def __init__(self, store: SessionStore, agents: dict[str, Responder], pool: GenerationPool, metrics: Metrics,
+                 *, owner: str, max_message_chars: int) -> None:
+        self.store, self.agents, self.pool, self.metrics = store, agents, pool, metrics
+        self.owner, self.max_message_chars = owner, max_message_chars
+        self.sessions: dict[str, LiveSession] = {}
+        self._db = ThreadPoolExecutor(1, thread_name_prefix="xdai-store")
+        self.closing = False
+
+    async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a store call on the store's own thread (SQLite connections stay on one thread)."""
+        return await asyncio.get_running_loop().run_in_executor(self._db, lambda: fn(*args, **kwargs))
+
+    async def recover(self) -> list[tuple[str, str]]:
+        """Mark replies this replica was streaming when it died as interrupted."""
+        return await self.db(self.store.recover, self.owner)
+
+    # -- frames ----------------------------------------------------------------------------------------------
+    def _frame(self, s: LiveSession, kind: str, **fields: Any) -> dict[str, Any]:
+        frame = server_frame(kind, s.id, s.next_seq, **fields)
+        s.next_seq += 1
+        return frame
+
+    def _send(self, s: LiveSession, frame: dict[str, Any], t0: float | None = None) -> None:
+        if frame["type"] == "error":
+            self.metrics.errors.inc(code=frame["code"])
+        if s.sink is not None:
+            s.sink.push(frame, t0)
+
+    async def _error(self, s: LiveSession, problem: ProtocolError) -> None:
+        """A logged error frame (it concerns a message of this session)."""
+        async with s.lock:
+            frame = self._frame(s, "error", **problem.fields())
+            await self.db(self.store.log_frames, s.id, [frame])
+            self._send(s, frame)
+
+    # -- opening and resuming --------------------------------------------------------------------------------
+    async def open(self, sink: Sink, bot: str, session_id: str | None, resume_from_seq: int | None) -> LiveSession:
+        """Create or reopen a session, attach `sink`, send ``session.opened`` and replay frames after the seq."""
+        if self.closing:
+            raise ProtocolError("shutting_down", "the server is shutting down; reconnect shortly", retryable=True)
+        if bot not in self.agents:
+            raise ProtocolError("bot_not_found", f"no bot named {bot!r} (hosted: {', '.join(sorted(self.agents))})",
+                                field="bot")
+        resumed = session_id is not None
+        if session_id is None:
+            agent = self.agents[bot]
+            record = await self.db(self.store.create, uuid.uuid4().hex, bot, agent.greeting())
+            s = LiveSession(record, agent, agent.new_history(), set(), record.next_seq, record.seq_reserved)
+            self.sessions[s.id] = s
+        else:
+            s = await self._load(session_id)
+            if s.record.bot != bot:
+                raise ProtocolError("bot_mismatch", f"session {session_id} belongs to bot {s.record.bot!r}, not {bot!r}",
+                                    field="bot")
+        async with s.lock:
+            if s.sink is not None and s.sink is not sink:
+                s.sink.push(server_frame("error", s.id, None, code="session_taken_over", retryable=False,
+                                         message="this session was opened on another connection"))
+                close = getattr(s.sink, "taken_over", None)
+                if close is not None:
+                    close()
+            s.sink = sink
+            s.touched = time.monotonic()
+            last = s.next_seq - 1
+            sink.push(server_frame("session.opened", s.id, None, resumed=resumed, bot=bot,
+                                   greeting=s.record.greeting, last_seq=last))
+            if resume_from_seq is not None:
+                logged = await self.db(self.store.frames_after, s.id, resume_from_seq)
+                seqs = {f["seq"] for f in logged}
+                for frame in logged + [f for f in s.pending if f["seq"] > resume_from_seq and f["seq"] not in seqs]:
+                    sink.push(frame)
+        return s
+
+    async def _load(self, session_id: str) -> LiveSession:
+        if session_id in self.sessions:
+            return self.sessions[session_id]
+        record = await self.db(self.store.get, session_id)
+        if record is None:
+            raise ProtocolError("session_not_found", f"session {session_id} does not exist (open a new one without "
+                                "session_id)", field="session_id")
+        if record.bot not in self.agents:
+            raise ProtocolError("bot_not_found", f"session {session_id} belongs to bot {record.bot!r}, which this "
+                                "server does not host", field="session_id")
+        agent = self.agents[record.bot]
+        messages = await self.db(self.store.messages, session_id)
+        history = agent.new_history()
+        for user, bot in exchanges(messages):
+            history.append(user, bot)
+        seen = {m["id"] for m in messages if m["role"] == "user"}
+        if session_id in self.sessions:  # loaded meanwhile by another connection
+            return self.sessions[session_id]
+        s = LiveSession(record, agent, history, seen, record.next_seq, record.next_seq - 1)
+        self.sessions[session_id] = s
+        return s
+
+    def detach(self, s: LiveSession, sink: Sink) -> None:
+        if s.sink is sink:
+            s.sink = None
+            s.touched = time.monotonic()
+
+    def evict_idle(self, idle_s: float) -> int:
+        """Forget sessions with no connection and no turn for `idle_s` (they stay in the store)."""
+        now = time.monotonic()
+        stale = [sid for sid, s in self.sessions.items() if s.sink is None and s.turn is None and now - s.touched > idle_s]
+        for sid in stale:
+            del self.sessions[sid]
+        return len(stale)
+
+    # -- one message -----------------------------------------------------------------------------------------
+    async def message(self, s: LiveSession, frame: dict[str, Any], received: float) -> None:
+        """Handle ``message.create``: ack durably, then run the turn in the background."""
+        msg_id, text = frame["id"], frame["text"]
+        s.touched = time.monotonic()
+        if msg_id in s.seen or (s.turn is not None and s.turn.msg_id == msg_id):  # a retry: never reply twice
+            async with s.lock:
+                frame = self._frame(s, "message.ack", reply_to=msg_id, duplicate=True)
+                await self.db(self.store.log_frames, s.id, [frame])
+                self._send(s, frame)
+            return
+        if len(text) > self.max_message_chars:
+            raise ProtocolError("message_too_long", f"text has {len(text)} characters; the limit is "
+                                f"{self.max_message_chars}", reply_to=msg_id, field="text")
+        condition = frame.get("condition")
+        check = getattr(s.agent, "condition_text", None)
+        if condition is not None and check is not None:
+            try:
+                check(condition)
+            except ValueError as exc:
+                raise ProtocolError("invalid_frame", str(exc), reply_to=msg_id, field="condition") from None
+        if s.turn is not None:
+            raise ProtocolError("response_in_flight", f"a reply to {s.turn.msg_id!r} is still streaming: wait for its "
+                                "response.end or cancel it", retryable=True, reply_to=msg_id)
+        if self.closing:
+            raise ProtocolError("shutting_down", "the server is shutting down; send again after reconnecting",
+                                retryable=True, reply_to=msg_id)
+        if not self.pool.admit():
+            raise ProtocolError("busy", "all generation workers and the queue are full; retry shortly",
+                                retryable=True, reply_to=msg_id, retry_after_ms=1000)
+        turn = Turn(msg_id, f"r-{uuid.uuid4().hex[:16]}", text, received)
+        s.turn = turn
+        try:
+            async with s.lock:
+                ack = self._frame(s, "message.ack", reply_to=msg_id)
+                stored = await self.db(self.store.add_user_message, s.id, msg_id, text, frame.get("metadata"), [ack])
+                s.seen.add(msg_id)
+                if not stored:  # stored earlier through another replica: a retry after all
+                    ack["duplicate"] = True
+                    await self.db(self.store.log_frames, s.id, [ack])
+                    self._send(s, ack)
+                    s.turn = None
+                    self.pool.release()
+                    return
+                self._send(s, ack)
+                self.metrics.ack_latency.observe(time.perf_counter() - received)
+                start = self._frame(s, "response.start", response_id=turn.response_id, reply_to=msg_id)
+                s.seq_reserved = start["seq"] + SEQ_WINDOW
+                await self.db(self.store.begin_reply, s.id, turn.response_id, msg_id, self.owner, [start],
+                              s.seq_reserved)
+                self._send(s, start)
+        except BaseException:
+            s.turn = None
+            self.pool.release()
+            raise
+        asyncio.create_task(self._run_turn(s, turn, condition))
+
+    async def _run_turn(self, s: LiveSession, turn: Turn, condition: str | None) -> None:
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[tuple[Any, float]] = asyncio.Queue()
+        turn.job = Job(s.agent, s.history, turn.text, condition,
+                       lambda item, t0: loop.call_soon_threadsafe(items.put_nowait, (item, t0)))
+        first: float | None = None
+        try:
+            self.pool.submit(turn.job)
+            while True:
+                item, t0 = await items.get()
+                if isinstance(item, BaseException) or not hasattr(item, "finish_reason"):
+                    if isinstance(item, BaseException):
+                        await self._finish(s, turn, None, item, first)
+                        return
+                    if first is None:
+                        first = time.perf_counter()
+                        self.metrics.ttft.observe(first - turn.received)
+                    async with s.lock:
+                        if s.next_seq > s.seq_reserved:
+                            s.seq_reserved = s.next_seq + SEQ_WINDOW
+                            await self.db(self.store.reserve_seq, s.id, s.seq_reserved)
+                        delta = self._frame(s, "response.delta", response_id=turn.response_id, text=item.text)
+                        s.pending.append(delta)
+                        self._send(s, delta, t0)
+                    continue
+                await self._finish(s, turn, item, None, first)
+                return
+        except Exception as exc:
+            log.exception("turn %s failed", turn.response_id)
+            await self._finish(s, turn, None, exc, first)
+        finally:
+            self.pool.release()
+            if s.turn is turn:
+                s.turn = None
+            turn.done.set()
+
+    async def _finish(self, s: LiveSession, turn: Turn, reply: Any, exc: BaseException | None,
+                      first: float | None) -> None:
+        """Write the reply and its frames, then send ``response.end`` (and an ``error`` when it failed)."""
+        now = time.perf_counter()
+        if reply is not None:
+            reason, error = reply.finish_reason, getattr(reply, "error", None)
+            text, usage, grounding = reply.text, dict(reply.usage), list(reply.grounding)
+            suggestions = list(getattr(reply, "suggestions", []) or [])
+        else:
+            reason, error, text, usage, grounding, suggestions = "error", f"{type(exc).__name__}: {exc}", "", {}, [], []
+        if turn.reason is not None:
+            reason = turn.reason
+        status = {"stop": "complete", "length": "complete", "cancelled": "cancelled", "error": "error",
+                  "interrupted": "interrupted"}.get(reason, "error")
+        if status == "interrupted":
+            text = ""
+        timings = {"ttft_ms": None if first is None else round((first - turn.received) * 1000, 3),
+                   "total_ms": round((now - turn.received) * 1000, 3)}
+        async with s.lock:
+            end = self._frame(s, "response.end", response_id=turn.response_id, reply_to=turn.msg_id,
+                              finish_reason=reason, text=text, usage=usage, timings=timings,
+                              grounding=[_grounding(g) for g in grounding], suggestions=suggestions)
+            frames = [*s.pending, end]
+            if reason == "error":
+                frames.append(self._frame(s, "error", code="backend_error", retryable=True, reply_to=turn.msg_id,
+                                          message=f"the reply failed: {error or 'unknown error'}"))
+            await self.db(self.store.finish_reply, s.id, turn.response_id, text=text, status=status,
+                          finish_reason=reason, usage=usage, grounding=end["grounding"], frames=frames)
+            s.pending.clear()
+            s.seq_reserved = s.next_seq - 1
+            if status == "complete":
+                s.history.append(turn.text, text)
+            for frame in frames[-2:] if reason == "error" else frames[-1:]:
+                self._send(s, frame)
+        self.metrics.turns.inc(bot=s.record.bot, finish_reason=reason)
+        self.metrics.reply_seconds.observe(now - turn.received)
+
+    def cancel(self, s: LiveSession, reply_to: str) -> None:
+        """Handle ``response.cancel``: the turn ends with finish_reason "cancelled"."""
+        if s.turn is None or s.turn.msg_id != reply_to:
+            current = f"the reply in flight answers {s.turn.msg_id!r}" if s.turn else "no reply is in flight"
+            raise ProtocolError("not_in_flight", f"nothing to cancel for {reply_to!r}: {current}", reply_to=reply_to,
+                                field="reply_to")
+        if s.turn.job is not None:
+            s.turn.job.cancel()
+
+    # -- shutdown --------------------------------------------------------------------------------------------
+    async def drain(self, grace_s: float) -> int:
+        """Refuse new turns, give in-flight ones `grace_s` to finish, end the rest "interrupted". Returns how many."""
+        self.closing = True
+        turns = [s.turn for s in self.sessions.values() if s.turn is not None]
+        if turns:
+            await asyncio.wait([asyncio.create_task(t.done.wait()) for t in turns], timeout=grace_s)
+        late = [t for t in turns if not t.done.is_set()]
+        for t in late:
+            t.reason = "interrupted"
+            if t.job is not None:
+                t.job.cancel()
+        if late:
+            await asyncio.wait([asyncio.create_task(t.done.wait()) for t in late], timeout=max(grace_s, 5.0))
+        return len(late)
+
+    def close(self) -> None:
+        self._db.submit(self.store.close).result()
+        self._db.shutdown(wait=True)
+
+
+def _grounding(g: Any) -> dict[str, Any]:
+    """The wire shape of one grounding source, whatever mapping the agent gave."""
+    get = g.get if isinstance(g, dict) else lambda k, d=None: getattr(g, k, d)
+    return {"source_id": str(get("source_id", "") or ""), "kind": str(get("kind", "") or ""),
+            "score": float(get("score", 0.0) or 0.0), "text": str(get("text", "") or "")}

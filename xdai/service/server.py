@@ -1,0 +1,308 @@
+"""The WebSocket server: ``/ws`` speaks protocol v1; ``/``, ``/static/*``, ``/healthz``, ``/metrics`` and ``/bots``
+are plain HTTP answered from websockets' ``process_request`` hook, so one port serves the page and the socket.
+
+Each connection reads frames in its own task and writes them from another through a bounded queue: a client that
+reads too slowly is closed with 1013 (it can reconnect and resume from its last seq) instead of stalling anyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import mimetypes
+import signal
+import socket
+import time
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.server import Server as WsServer
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from bots.registry import BotSpec
+from xdai.config import ServerConfig
+from xdai.service.engine import GenerationPool, Hub, LiveSession, Responder
+from xdai.service.metrics import Metrics
+from xdai.service.protocol import (
+    CLOSE_GOING_AWAY,
+    CLOSE_POLICY,
+    CLOSE_TAKEN_OVER,
+    CLOSE_TRY_AGAIN_LATER,
+    ProtocolError,
+    encode,
+    parse_client_frame,
+    server_frame,
+)
+from xdai.service.security import IpLimits, KeyRing, TokenBucket, origin_allowed
+from xdai.service.sessions import SessionStore
+
+log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).with_name("static")
+WS_PATH = "/ws"
+_CLOSE = "\x00close"  # the writer's instruction to close, queued after the frames before it
+
+
+class Connection:
+    """One client socket: a bounded send queue drained by a writer task."""
+
+    def __init__(self, ws: ServerConnection, server: XdaiServer) -> None:
+        self.ws, self.server = ws, server
+        self.limit = server.cfg.send_buffer_frames
+        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()  # bounded by `limit` in push
+        self.bucket = TokenBucket(server.cfg.rate_limit_per_s, max(server.cfg.rate_limit_burst, 1.0))
+        self.authed = not server.keys.required or bool(getattr(ws, "xdai_authed", False))
+        self.session: LiveSession | None = None
+        self.closing = False
+        self.writer = asyncio.create_task(self._write())
+
+    def push(self, frame: dict[str, Any], t0: float | None = None) -> None:
+        if self.closing:
+            return
+        if frame.get("type") == "error" and frame.get("seq") is None:
+            self.server.metrics.errors.inc(code=frame["code"])
+        if self.queue.qsize() < self.limit:
+            self.queue.put_nowait((encode(frame), t0))
+        else:
+            self.server.metrics.errors.inc(code="slow_consumer")
+            self.close(CLOSE_TRY_AGAIN_LATER, "slow consumer: send buffer full; reconnect with resume_from_seq")
+
+    def error(self, problem: ProtocolError) -> None:
+        """A connection-level error frame (not in the session's log)."""
+        self.push(server_frame("error", self.session.id if self.session else None, None, **problem.fields()))
+
+    def taken_over(self) -> None:
+        self.close(CLOSE_TAKEN_OVER, "session opened on another connection")
+
+    def close(self, code: int, reason: str) -> None:
+        """Close after the frames already queued have been written."""
+        if self.closing:
+            return
+        self.closing = True
+        self.queue.put_nowait((_CLOSE, (code, reason)))
+
+    async def _write(self) -> None:
+        metrics = self.server.metrics
+        try:
+            while True:
+                text, t0 = await self.queue.get()
+                if text is _CLOSE:
+                    await self.ws.close(*t0)
+                    return
+                await self.ws.send(text)
+                if t0 is not None:
+                    metrics.delta_forward.observe(time.perf_counter() - t0)
+        except ConnectionClosed:
+            pass
+
+
+class XdaiServer:
+    """Hosts bots over one WebSocket endpoint. `start` binds; `run` serves until SIGINT/SIGTERM."""
+
+    def __init__(self, cfg: ServerConfig, bots: dict[str, BotSpec], agents: dict[str, Responder],
+                 store: SessionStore) -> None:
+        self.cfg, self.bots = cfg, bots
+        self.metrics = Metrics()
+        self.keys = KeyRing(cfg.api_keys)
+        self.ip_limits = IpLimits(cfg.max_connections_per_ip, cfg.ip_rate_limit_per_s,
+                                  max(cfg.ip_rate_limit_per_s * 2, cfg.rate_limit_burst))
+        self.pool = GenerationPool(cfg.workers, cfg.queue_size)
+        self.store = store
+        self.agents = agents
+        self.hub: Hub | None = None
+        self.connections: set[Connection] = set()
+        self.ws_server: WsServer | None = None
+        self.port = cfg.port
+        self._stop = asyncio.Event()
+        self._sweeper: asyncio.Task[None] | None = None
+        m = self.metrics
+        m.gauge("xdai_queue_depth", "Turns waiting for a generation worker.", lambda: self.pool.depth)
+        m.gauge("xdai_turns_running", "Turns being generated.", lambda: self.pool.running)
+        m.gauge("xdai_connections", "Open WebSocket connections.", lambda: len(self.connections))
+        m.gauge("xdai_sessions_live", "Sessions held in memory.", lambda: len(self.hub.sessions) if self.hub else 0)
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    async def start(self) -> int:
+        """Recover crashed replies, start the workers, bind. Returns the bound port (useful with port 0)."""
+        owner = self.cfg.instance_id or f"{socket.gethostname()}:{self.cfg.port}"
+        self.hub = Hub(self.store, self.agents, self.pool, self.metrics, owner=owner,
+                       max_message_chars=self.cfg.max_message_chars)
+        recovered = await self.hub.recover()
+        if recovered:
+            log.warning("marked %d reply(ies) interrupted by an earlier crash", len(recovered))
+        self.pool.start()
+        self.ws_server = await serve(
+            self._handle, self.cfg.host, self.cfg.port, process_request=self._http, max_size=self.cfg.max_frame_bytes,
+            max_queue=16, compression=None, server_header="xdai", ping_interval=20, ping_timeout=20,
+            close_timeout=2,
+        )
+        self.port = next(iter(self.ws_server.sockets)).getsockname()[1]
+        self._sweeper = asyncio.create_task(self._sweep())
+        return self.port
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stop.set)
+        await self._stop.wait()
+        await self.shutdown()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let in-flight replies finish (or end them "interrupted"), close connections."""
+        assert self.hub is not None and self.ws_server is not None
+        self.ws_server.close(close_connections=False)
+        interrupted = await self.hub.drain(self.cfg.shutdown_grace_s)
+        for conn in list(self.connections):
+            conn.error(ProtocolError("shutting_down", "the server is shutting down; reconnect and resume", retryable=True))
+            conn.close(CLOSE_GOING_AWAY, "server shutting down")
+        writers = [c.writer for c in self.connections]
+        if writers:
+            await asyncio.wait(writers, timeout=5)
+        await self.ws_server.wait_closed()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.pool.stop()
+        self.hub.close()
+        log.info("shut down (%d reply(ies) interrupted)", interrupted)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(min(60.0, max(self.cfg.idle_timeout_s / 4, 1.0)))
+            assert self.hub is not None
+            self.hub.evict_idle(self.cfg.idle_timeout_s)
+
+    # -- HTTP ------------------------------------------------------------------------------------------------
+    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == WS_PATH:
+            if not origin_allowed(request.headers.get("Origin"), self.cfg.allowed_origins):
+                return _response(HTTPStatus.FORBIDDEN, "origin not allowed\n")
+            token = KeyRing.bearer(request.headers.get("Authorization"))
+            if token is not None:
+                if not self.keys.check(token):
+                    return _response(HTTPStatus.UNAUTHORIZED, "invalid API key\n")
+                connection.xdai_authed = True  # type: ignore[attr-defined]
+            return None
+        if path == "/healthz":
+            body = {"status": "draining" if self.hub and self.hub.closing else "ok", "bots": sorted(self.agents),
+                    "connections": len(self.connections)}
+            return _response(HTTPStatus.OK, json.dumps(body), "application/json")
+        if path == "/metrics":
+            return _response(HTTPStatus.OK, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+        if path == "/bots":
+            listed = [self.bots[name].to_json() if name in self.bots else {"name": name} for name in sorted(self.agents)]
+            return _response(HTTPStatus.OK, json.dumps(listed, ensure_ascii=False), "application/json")
+        if path in ("/", "/index.html"):
+            return _static("index.html")
+        if path.startswith("/static/"):
+            return _static(path[len("/static/"):])
+        return _response(HTTPStatus.NOT_FOUND, f"not found: {path}\n")
+
+    # -- WebSocket -------------------------------------------------------------------------------------------
+    async def _handle(self, ws: ServerConnection) -> None:
+        ip = str(ws.remote_address[0]) if ws.remote_address else "?"
+        if not self.ip_limits.connect(ip):
+            await ws.close(CLOSE_POLICY, "too many connections from this address")
+            return
+        conn = Connection(ws, self)
+        self.connections.add(conn)
+        self.metrics.connections_total.inc()
+        try:
+            await self._read(conn, ip)
+        finally:
+            self.connections.discard(conn)
+            self.ip_limits.disconnect(ip)
+            if conn.session is not None and self.hub is not None:
+                self.hub.detach(conn.session, conn)
+            if not conn.closing:
+                conn.writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+                await asyncio.wait_for(conn.writer, timeout=3)
+
+    async def _read(self, conn: Connection, ip: str) -> None:
+        ip_bucket = self.ip_limits.bucket(ip)
+        while not conn.closing:
+            try:
+                data = await asyncio.wait_for(conn.ws.recv(), timeout=self.cfg.idle_timeout_s)
+            except TimeoutError:
+                conn.error(ProtocolError("idle_timeout", f"no frame for {self.cfg.idle_timeout_s:g}s; reconnect and "
+                                         "resume when needed", retryable=True))
+                conn.close(CLOSE_GOING_AWAY, "idle timeout")
+                return
+            except ConnectionClosed:
+                return
+            received = time.perf_counter()
+            wait = max(conn.bucket.take(), ip_bucket.take())
+            if wait:
+                conn.error(ProtocolError("rate_limited", f"too many frames: at most {self.cfg.rate_limit_per_s:g}/s "
+                                         "per connection", retryable=True, retry_after_ms=int(wait * 1000) + 1))
+                continue
+            try:
+                frame = parse_client_frame(data)
+                await self._dispatch(conn, frame, received)
+            except ProtocolError as problem:
+                if conn.session is not None and problem.reply_to is not None and self.hub is not None:
+                    await self.hub._error(conn.session, problem)
+                else:
+                    conn.error(problem)
+            except Exception:
+                log.exception("frame handling failed")
+                conn.error(ProtocolError("internal_error", "the server failed to handle this frame", retryable=True))
+
+    async def _dispatch(self, conn: Connection, frame: dict[str, Any], received: float) -> None:
+        assert self.hub is not None
+        kind = frame["type"]
+        if kind == "ping":
+            conn.push(server_frame("pong", conn.session.id if conn.session else None, None))
+            return
+        if kind == "session.open":
+            if conn.session is not None:
+                raise ProtocolError("session_already_open", f"this connection already has session {conn.session.id}; "
+                                    "open another connection for another session")
+            if not conn.authed:
+                if not self.keys.check(frame.get("auth")):
+                    raise ProtocolError("unauthorized", "an API key is required: send it as 'auth' in session.open "
+                                        "or as 'Authorization: Bearer <key>'", field="auth")
+                conn.authed = True
+            conn.session = await self.hub.open(conn, frame["bot"], frame.get("session_id"),
+                                               frame.get("resume_from_seq"))
+            return
+        reply_to = frame.get("id") if kind == "message.create" else frame.get("reply_to")
+        if conn.session is None:
+            raise ProtocolError("no_session", f"{kind} before session.open: open a session first", reply_to=reply_to)
+        given = frame.get("session_id")
+        if given is not None and given != conn.session.id:
+            raise ProtocolError("session_mismatch", f"frame names session {given}, but this connection has "
+                                f"{conn.session.id}", reply_to=reply_to, field="session_id")
+        if kind == "message.create":
+            await self.hub.message(conn.session, frame, received)
+        elif kind == "response.cancel":
+            self.hub.cancel(conn.session, frame["reply_to"])
+
+
+def _response(status: HTTPStatus, body: str | bytes, content_type: str = "text/plain; charset=utf-8") -> Response:
+    data = body.encode("utf-8") if isinstance(body, str) else body
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(data))),
+                       ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")])
+    return Response(status.value, status.phrase, headers, data)
+
+
+def _static(name: str) -> Response:
+    """A file from static/, never outside it."""
+    root = STATIC_DIR.resolve()
+    path = (root / name).resolve()
+    if root not in path.parents or not path.is_file():
+        return _response(HTTPStatus.NOT_FOUND, f"not found: {name}\n")
+    kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    if kind.startswith("text/") or kind in ("application/javascript", "text/javascript"):
+        kind += "; charset=utf-8"
+    return _response(HTTPStatus.OK, path.read_bytes(), kind)
