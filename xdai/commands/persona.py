@@ -81,7 +81,7 @@ def import_(card: Path, out: Path | None, force: bool) -> None:
 @click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="PNG to carry the card (default: a plain generated avatar).")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="File to write (default: FILE's name with .card.json or .card.png).")
+              help="File to write (default: ./NAME.card.json or ./NAME.card.png, NAME being FILE's stem).")
 def export(file: str, fmt: str, png: bool, image: Path | None, out: Path | None) -> None:
     """Export persona FILE (path or name) as a Character Card V2."""
     try:
@@ -89,7 +89,7 @@ def export(file: str, fmt: str, png: bool, image: Path | None, out: Path | None)
     except PersonaError as exc:
         raise click.ClickException(f"cannot export:\n{exc}") from None
     card = p.to_card_v2()
-    base = p.path or Path(file)
+    base = Path.cwd() / (p.path or Path(file)).name
     if png or image is not None:
         out = out or base.with_name(base.stem + ".card.png")
         try:
