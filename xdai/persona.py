@@ -388,7 +388,10 @@ class _Builder:
             out = {}
             for k, v in loc.value:
                 if not isinstance(k.value, str):
-                    self.error(k, f"keys must be strings (JSON objects), got {_describe(k)}")
+                    self.error(_at(k, loc.path), f"keys must be strings (JSON objects), got {_describe(k)}")
+                    continue
+                if k.value in out:
+                    self.error(_at(k, loc.path), f"duplicate key {k.value!r}")
                     continue
                 out[k.value] = self.json_value(v)
             return out

@@ -9,13 +9,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from xdai.config import REPO_ROOT
-
-
-@pytest.fixture
-def personas_dir() -> Path:
-    return REPO_ROOT / "personas"
-
 
 @pytest.fixture
 def write_yaml(tmp_path: Path) -> Callable[[str, str], Path]:

@@ -102,6 +102,9 @@ def test_unknown_keys_are_fine_under_extensions(write_yaml) -> None:
     assert check_persona_file(path) == []
     assert load_persona(path).extensions == {
         "my_frontend": {"depth_prompt": {"prompt": "hi", "depth": 4}, "fav": True}, "talkativeness": "0.5"}
+    dup = write_yaml("name: x\nextensions:\n  a: 1\n  a: 2\n  3: c\n", "dup.yaml")
+    assert messages(dup) == [f"{dup}:4:3: extensions: duplicate key 'a'",
+                             f"{dup}:5:3: extensions: keys must be strings (JSON objects), got a number (3)"]
 
 
 def test_missing_store_is_a_warning_at_its_mark(write_yaml, tmp_path) -> None:

@@ -55,7 +55,7 @@ def test_scan_depth_and_recursive_scanning() -> None:
     assert names(book, ["你好", "金箍棒呢？"]) == ["bar", "sea"]  # found through bar's content
 
 
-def test_shipped_lorebook_triggers_from_yaml(tmp_path) -> None:
+def test_lorebook_from_yaml_honours_case_and_constant(tmp_path) -> None:
     from xdai.persona import load_persona
 
     path = tmp_path / "p.yaml"
