@@ -45,8 +45,9 @@ def route(router_logits: torch.Tensor, top_k: int, renormalize: bool = True) -> 
     return weights, ids
 
 
-def expert_capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: float) -> int:
-    return math.ceil(capacity_factor * num_tokens * top_k / num_experts)
+def expert_capacity(tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
+    """Assignments each expert keeps: ceil(capacity_factor * T * top_k / E)."""
+    return math.ceil(capacity_factor * tokens * top_k / num_experts)
 
 
 def capacity_keep(topk_ids: torch.Tensor, num_experts: int, capacity_factor: float | None) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -56,7 +57,7 @@ def capacity_keep(topk_ids: torch.Tensor, num_experts: int, capacity_factor: flo
     if capacity_factor <= 0:
         raise ValueError(f"capacity_factor must be > 0 (or None for no limit), got {capacity_factor}")
     t, k = topk_ids.shape
-    capacity = expert_capacity(t, k, num_experts, capacity_factor)
+    capacity = expert_capacity(t, num_experts, k, capacity_factor)
     slot_major = topk_ids.t().reshape(-1)  # all 1st choices in token order, then all 2nd choices, ...
     onehot = torch.nn.functional.one_hot(slot_major, num_experts)
     position = (onehot.cumsum(0) * onehot).sum(-1) - 1  # place of each assignment in its expert's queue

@@ -65,7 +65,7 @@ def test_route_softmax_topk():
 
 def test_capacity_is_slot_major():
     ids = torch.tensor([[0, 1], [0, 1], [0, 1], [1, 0]])
-    assert expert_capacity(4, 2, 2, 0.5) == 2
+    assert expert_capacity(4, 2, 2, 0.5) == 2  # (T, E, k, factor)
     keep, dropped = capacity_keep(ids, 2, 0.5)
     # expert 0 queue: t0s0, t1s0, t2s0, t3s1 -> keeps t0s0, t1s0; expert 1: t3s0, t0s1, t1s1, t2s1 -> t3s0, t0s1
     assert keep.tolist() == [[True, True], [True, False], [False, False], [True, False]]
