@@ -72,7 +72,7 @@ class ServerConfig:
     api_keys: list[str] = field(default_factory=list)
     allowed_origins: list[str] = field(default_factory=list)
     max_frame_bytes: int = 65536
-    max_message_chars: int = 10000
+    max_message_chars: int = 4000  # a longer message could not fit the prompt budget anyway
     queue_size: int = 32
     workers: int = 2
     idle_timeout_s: float = 1800.0

@@ -234,6 +234,8 @@ class XdaiServer:
             try:
                 data = await asyncio.wait_for(conn.ws.recv(), timeout=self.cfg.idle_timeout_s)
             except TimeoutError:
+                if conn.session is not None and conn.session.turn is not None:
+                    continue  # waiting for a reply is not idling
                 conn.error(ProtocolError("idle_timeout", f"no frame for {self.cfg.idle_timeout_s:g}s; reconnect and "
                                          "resume when needed", retryable=True))
                 conn.close(CLOSE_GOING_AWAY, "idle timeout")

@@ -1,0 +1,133 @@
+"""Bad input: each gets an error frame with a precise code and message (or, where RFC 6455 requires failing the
+connection, the precise close code); the connection stays usable wherever the protocol allows; the server stays up."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosedError
+
+from xdai.client import Client
+
+from .conftest import Running, start_server
+
+
+async def error_for(c: Client, data: str | bytes) -> dict[str, Any]:
+    await c.send_raw(data)
+    frame = await c.recv(30)
+    assert frame["type"] == "error", frame
+    assert frame["message"] and frame["retryable"] in (True, False)
+    return frame
+
+
+async def still_usable(c: Client) -> None:
+    assert (await c.ping())["type"] == "pong"
+
+
+def healthy(r: Running) -> bool:
+    with urllib.request.urlopen(f"{r.http}/healthz", timeout=10) as resp:
+        return json.loads(resp.read())["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("data", "code", "words"),
+    [
+        ("hello?", "invalid_json", "not JSON"),
+        ('{"v": 1, "type": "message.create", "id": "m1"', "invalid_json", "not JSON"),
+        ('"just a string"', "invalid_frame", "JSON object"),
+        ('{"v": 1, "type": "teleport"}', "unknown_type", "teleport"),
+        ('{"v": 1, "type": "session.open"}', "missing_field", "bot"),
+        ('{"v": 1, "type": "message.create", "text": "hi"}', "missing_field", "'id'"),
+        ('{"v": 1, "type": "session.open", "bot": 42}', "invalid_frame", "bot"),
+        ('{"v": 3, "type": "ping"}', "unsupported_version", "version"),
+        (b'{"v": 1, "type": "ping"}', "binary_not_supported", "binary"),
+    ],
+)
+async def test_malformed_frames(running: Running, data: str | bytes, code: str, words: str) -> None:
+    c = await running.client()
+    frame = await error_for(c, data)
+    assert frame["code"] == code and words in frame["message"], frame
+    await still_usable(c)
+    await c.open("smol")  # and the protocol carries on
+    await c.close()
+
+
+async def test_out_of_order_and_unknown_sessions(running: Running) -> None:
+    c = await running.client()
+    frame = await error_for(c, json.dumps({"v": 1, "type": "message.create", "id": "early", "text": "hi"}))
+    assert (frame["code"], frame["reply_to"]) == ("no_session", "early")
+    frame = await error_for(c, json.dumps({"v": 1, "type": "response.cancel", "reply_to": "early"}))
+    assert frame["code"] == "no_session"
+    frame = await error_for(c, json.dumps({"v": 1, "type": "session.open", "bot": "smol",
+                                           "session_id": "doesnotexist0000", "resume_from_seq": 7}))
+    assert frame["code"] == "session_not_found" and "doesnotexist0000" in frame["message"]
+    await still_usable(c)
+    await c.open("smol")
+    frame = await error_for(c, json.dumps({"v": 1, "type": "message.create", "id": "x", "text": "hi",
+                                           "session_id": "someoneelse00000"}))
+    assert frame["code"] == "session_mismatch" and frame["reply_to"] == "x"
+    await c.close()
+
+
+async def test_long_messages(running: Running) -> None:
+    c = await running.opened()
+    limit = running.server.cfg.max_message_chars
+    assert limit < 10_000
+    frame = await error_for(c, json.dumps({"v": 1, "type": "message.create", "id": "long", "text": "长" * 10_000}))
+    assert frame["code"] == "message_too_long" and str(limit) in frame["message"] and frame["field"] == "text"
+    await still_usable(c)
+    assert running.server.store.messages(c.session_id) == []  # nothing was stored for the refused message
+    await c.close()
+
+
+async def test_oversized_frames_close_1009_and_the_server_stays_up(running: Running) -> None:
+    c = await running.opened()
+    with pytest.raises(ConnectionClosedError) as info:
+        await c.send_raw(json.dumps({"v": 1, "type": "message.create", "id": "big", "text": "x" * 1_000_000}))
+        await c.recv(30)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+    assert healthy(running)
+    again = await running.opened()
+    await still_usable(again)
+    await again.close()
+
+
+async def test_invalid_utf8_closes_1007_and_the_server_stays_up(running: Running) -> None:
+    c = await running.opened()
+    with pytest.raises(ConnectionClosedError) as info:
+        await c.ws.send(b'{"v": 1, "type": "ping", "x": "\xff\xfe"}', text=True)
+        await c.recv(30)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1007  # RFC 6455 8.1: fail the connection
+    assert healthy(running)
+    again = await running.opened()
+    await still_usable(again)
+    await again.close()
+
+
+async def test_a_flood_is_rate_limited_and_answered_once(tmp_path: Path, agent: Any, bot_specs: Any) -> None:
+    r = await start_server(tmp_path, {"smol": agent}, bot_specs, rate_limit_per_s=5.0, rate_limit_burst=10.0)
+    try:
+        c = await r.opened()
+        for i in range(200):
+            await c.send_frame("message.create", id=f"f{i}", text="flood")
+        codes: dict[str, int] = {}
+        acks = 0
+        while sum(codes.values()) + acks < 200:
+            f = await c.recv(60)
+            if f["type"] == "error":
+                codes[f["code"]] = codes.get(f["code"], 0) + 1
+            elif f["type"] == "message.ack":
+                acks += 1
+                await c.cancel(f["reply_to"])
+        assert acks == 1
+        assert set(codes) <= {"rate_limited", "response_in_flight"} and codes["rate_limited"] >= 150
+        assert healthy(r)
+        stored = r.server.store.messages(c.session_id)
+        assert len([m for m in stored if m["role"] == "user"]) == 1
+        await c.close()
+    finally:
+        await r.server.shutdown()

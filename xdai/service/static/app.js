@@ -1,0 +1,223 @@
+// xdai chat page: protocol v1 over one WebSocket (docs/protocol.md). No build step, no dependencies.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  ws: null, bot: null, sessionId: null, lastSeq: 0, inFlight: null, unacked: null,
+  retryDelay: 500, reconnectTimer: null, intentional: false, rendered: new Set(),
+};
+const store = {
+  key: (bot) => `xdai:${bot}`,
+  load(bot) { try { return JSON.parse(sessionStorage.getItem(this.key(bot))) || {}; } catch { return {}; } },
+  save() {
+    if (!state.bot) return;
+    const prev = this.load(state.bot);
+    sessionStorage.setItem(this.key(state.bot), JSON.stringify({
+      sessionId: state.sessionId, lastSeq: state.lastSeq, sent: prev.sent || {},
+    }));
+  },
+  remember(id, text) {
+    const data = this.load(state.bot); data.sent = data.sent || {}; data.sent[id] = text;
+    data.sessionId = state.sessionId; data.lastSeq = state.lastSeq;
+    sessionStorage.setItem(this.key(state.bot), JSON.stringify(data));
+  },
+  forget(bot) { sessionStorage.removeItem(this.key(bot)); },
+};
+
+function setStatus(text, kind) { const el = $("status"); el.textContent = text; el.dataset.state = kind; }
+function showError(text) { const el = $("error"); el.textContent = text; el.hidden = !text; }
+function busy(on) { state.inFlight = on; $("send").disabled = !!on; $("stop").hidden = !on; }
+
+function bubble(kind, id, text) {
+  const el = document.createElement("div");
+  el.className = `msg ${kind}`;
+  if (id) el.dataset.id = id;
+  const body = document.createElement("div"); body.className = "text"; body.textContent = text || "";
+  const meta = document.createElement("div"); meta.className = "meta";
+  el.append(body, meta);
+  $("log").append(el);
+  $("log").scrollTop = $("log").scrollHeight;
+  return el;
+}
+const find = (id) => document.querySelector(`.msg[data-id="${CSS.escape(id)}"]`);
+
+function whyPanel(grounding) {
+  const details = document.createElement("details"); details.className = "why";
+  const summary = document.createElement("summary");
+  summary.textContent = `why (${grounding.length} source${grounding.length === 1 ? "" : "s"})`;
+  const list = document.createElement("ol");
+  for (const g of grounding) {
+    const li = document.createElement("li"); li.className = "source";
+    const score = document.createElement("span"); score.className = "score";
+    score.textContent = ` [${g.kind} · ${Number(g.score).toFixed(2)}]`;
+    li.append(document.createTextNode(g.text), score);
+    li.title = g.source_id;
+    list.append(li);
+  }
+  details.append(summary, list);
+  return details;
+}
+
+function chips(suggestions) {
+  const box = $("chips"); box.replaceChildren();
+  for (const q of suggestions || []) {
+    const b = document.createElement("button"); b.type = "button"; b.className = "chip"; b.textContent = q;
+    b.addEventListener("click", () => { $("input").value = q; send(); });
+    box.append(b);
+  }
+}
+
+function onFrame(f) {
+  if (typeof f.seq === "number") {
+    if (f.seq <= state.lastSeq) return;  // already seen (resume overlap)
+    state.lastSeq = f.seq; store.save();
+  }
+  switch (f.type) {
+    case "session.opened": {
+      state.sessionId = f.session_id; store.save();
+      setStatus(`${f.bot} · ${f.resumed ? "resumed" : "connected"}`, "open");
+      state.retryDelay = 500;
+      if (!state.rendered.has("greeting") && f.greeting) { bubble("bot greeting", null, f.greeting); state.rendered.add("greeting"); }
+      if (state.unacked) sendFrame({ type: "message.create", id: state.unacked.id, text: state.unacked.text });
+      break;
+    }
+    case "message.ack": {
+      if (state.unacked && state.unacked.id === f.reply_to) state.unacked = null;
+      let el = find(f.reply_to);
+      if (!el) { const sent = store.load(state.bot).sent || {}; el = bubble("user", f.reply_to, sent[f.reply_to] || "…"); }
+      el.querySelector(".meta").textContent = "✓";
+      break;
+    }
+    case "response.start": {
+      if (!find(f.response_id)) bubble("bot streaming", f.response_id, "");
+      busy(f.reply_to); chips([]);
+      break;
+    }
+    case "response.delta": {
+      const el = find(f.response_id) || bubble("bot streaming", f.response_id, "");
+      el.querySelector(".text").textContent += f.text;
+      $("log").scrollTop = $("log").scrollHeight;
+      break;
+    }
+    case "response.end": {
+      const el = find(f.response_id) || bubble("bot", f.response_id, "");
+      el.classList.remove("streaming");
+      if (typeof f.text === "string" && f.finish_reason !== "interrupted") el.querySelector(".text").textContent = f.text;
+      const t = f.timings || {};
+      const notes = [];
+      if (f.finish_reason !== "stop") notes.push(f.finish_reason);
+      if (t.ttft_ms != null) notes.push(`first token ${Math.round(t.ttft_ms)} ms`);
+      el.querySelector(".meta").textContent = notes.join(" · ");
+      if (f.finish_reason === "error" || f.finish_reason === "interrupted") el.classList.add("failed");
+      if (f.grounding && f.grounding.length) el.append(whyPanel(f.grounding));
+      chips(f.suggestions);
+      busy(null);
+      break;
+    }
+    case "error": {
+      showError(`${f.code}: ${f.message}`);
+      if (f.reply_to) {
+        const el = find(f.reply_to); if (el) { el.classList.add("failed"); el.querySelector(".meta").textContent = f.code; }
+        if (state.unacked && state.unacked.id === f.reply_to) state.unacked = null;
+        if (state.inFlight === f.reply_to || !state.inFlight) busy(null);
+      }
+      if (f.code === "session_not_found") { store.forget(state.bot); state.sessionId = null; state.lastSeq = 0; openSession(); }
+      if (f.code === "unauthorized") { $("settings").open = true; }
+      break;
+    }
+    case "event": {
+      const el = bubble("bot event", null, `[${f.name}] ${JSON.stringify(f.data)}`);
+      el.classList.add("event");
+      break;
+    }
+    default: break;  // pong
+  }
+}
+
+function sendFrame(fields) {
+  if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return false;
+  const frame = { v: 1, ...fields };
+  if (state.sessionId && fields.type !== "session.open") frame.session_id = state.sessionId;
+  state.ws.send(JSON.stringify(frame));
+  return true;
+}
+
+function openSession() {
+  const saved = store.load(state.bot);
+  const frame = { type: "session.open", bot: state.bot };
+  const key = $("api-key").value.trim();
+  if (key) frame.auth = key;
+  if (saved.sessionId) { frame.session_id = saved.sessionId; frame.resume_from_seq = state.lastSeq; }
+  sendFrame(frame);
+}
+
+function connect() {
+  clearTimeout(state.reconnectTimer);
+  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+  const ws = new WebSocket(url);
+  state.ws = ws; state.intentional = false;
+  setStatus("connecting…", "connecting");
+  ws.addEventListener("open", () => { showError(""); openSession(); });
+  ws.addEventListener("message", (ev) => {
+    let frame; try { frame = JSON.parse(ev.data); } catch { showError("the server sent a frame that is not JSON"); return; }
+    onFrame(frame);
+  });
+  ws.addEventListener("close", (ev) => {
+    if (state.ws !== ws) return;
+    setStatus(`disconnected (${ev.code})`, "closed");
+    if (state.intentional) return;
+    if (ev.code === 4409) { showError("this chat was opened in another tab"); return; }
+    if (ev.code === 1008) { showError(`connection refused: ${ev.reason || "policy"}`); return; }
+    if (ev.reason) showError(`connection closed: ${ev.reason} — reconnecting`);
+    state.reconnectTimer = setTimeout(connect, state.retryDelay);
+    state.retryDelay = Math.min(state.retryDelay * 2, 10000);
+  });
+}
+
+function newId() { return `m-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`; }
+
+function send() {
+  const input = $("input"); const text = input.value.trim();
+  if (!text || state.inFlight) return;
+  const id = newId();
+  bubble("user", id, text);
+  store.remember(id, text);
+  state.unacked = { id, text };
+  busy(id);
+  if (!sendFrame({ type: "message.create", id, text })) showError("not connected — the message will be sent on reconnect");
+  input.value = "";
+}
+
+function switchBot(bot, fresh) {
+  if (state.ws) { state.intentional = true; state.ws.close(1000, "switching bot"); }
+  state.bot = bot; localStorage.setItem("xdai:bot", bot);
+  if (fresh) store.forget(bot);
+  const saved = store.load(bot);
+  state.sessionId = saved.sessionId || null; state.lastSeq = 0;  // replay the whole log into an empty page
+  state.rendered = new Set(); state.unacked = null; busy(null); chips([]); showError("");
+  $("log").replaceChildren();
+  connect();
+}
+
+async function init() {
+  $("api-key").value = localStorage.getItem("xdai:key") || "";
+  $("api-key").addEventListener("change", () => { localStorage.setItem("xdai:key", $("api-key").value.trim()); switchBot(state.bot, false); });
+  $("composer").addEventListener("submit", (ev) => { ev.preventDefault(); send(); });
+  $("input").addEventListener("keydown", (ev) => { if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); send(); } });
+  $("stop").addEventListener("click", () => { if (state.inFlight) sendFrame({ type: "response.cancel", reply_to: state.inFlight }); });
+  $("new-session").addEventListener("click", () => switchBot(state.bot, true));
+  $("bot").addEventListener("change", (ev) => switchBot(ev.target.value, false));
+  let bots = [];
+  try { bots = await (await fetch("/bots")).json(); } catch (err) { showError(`cannot list bots: ${err}`); return; }
+  for (const b of bots) {
+    const opt = document.createElement("option"); opt.value = b.name; opt.textContent = b.description ? `${b.name} — ${b.description}` : b.name;
+    $("bot").append(opt);
+  }
+  const wanted = new URLSearchParams(location.search).get("bot") || localStorage.getItem("xdai:bot");
+  const bot = bots.some((b) => b.name === wanted) ? wanted : (bots[0] && bots[0].name);
+  if (!bot) { showError("this server hosts no bots"); return; }
+  $("bot").value = bot;
+  switchBot(bot, false);
+}
+
+init();
