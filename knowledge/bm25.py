@@ -106,6 +106,7 @@ class BM25Index:
         self.k1 = k1
         self.b = b
         self.tokenize = make_tokenizer(tokenizer_spec)
+        self._by_row: sp.csr_matrix | None = None  # row access for scores_among, built on first use
 
     def __len__(self) -> int:
         return self.weights.shape[0]
@@ -135,7 +136,9 @@ class BM25Index:
         doc_of_entry = np.repeat(np.arange(n_docs), np.diff(tf.indptr))
         norm = k1 * (1.0 - b + b * lengths[doc_of_entry] / avgdl)
         tf.data = idf[tf.indices] * tf.data * (k1 + 1.0) / (tf.data + norm)
-        return cls(tf.tocsc().astype(np.float32), vocab, dict(tokenizer_spec), k1, b)
+        weights = tf.tocsc().astype(np.float32)
+        weights.sort_indices()
+        return cls(weights, vocab, dict(tokenizer_spec), k1, b)
 
     def _query_vector(self, query: str) -> tuple[np.ndarray, np.ndarray]:
         ids: dict[int, float] = {}
@@ -150,9 +153,38 @@ class BM25Index:
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of every document for ``query`` (float32 [n_docs])."""
         terms, counts = self._query_vector(query)
-        if len(terms) == 0:
+        w = self.weights
+        starts, ends = w.indptr[terms], w.indptr[terms + 1]
+        if len(terms) == 0 or not (ends > starts).any():
             return np.zeros(len(self), dtype=np.float32)
-        return np.asarray(self.weights[:, terms] @ counts, dtype=np.float32).ravel()
+        lengths = ends - starts
+        first = np.cumsum(lengths) - lengths  # where each term's run starts in the gathered entries
+        entries = np.repeat(starts - first, lengths) + np.arange(lengths.sum())
+        weight = np.repeat(counts, lengths) * w.data[entries]
+        return np.bincount(w.indices[entries], weights=weight, minlength=len(self)).astype(np.float32)
+
+    def scores_among(self, query: str, rows: Sequence[int], max_share: float = 0.5) -> np.ndarray:
+        """BM25 of ``rows`` counting only the query terms that at most ``max_share`` of those rows contain.
+
+        Among one entity's items the terms most of them share ("的", "是什么", the name) cannot tell them apart;
+        they would only favour the shortest item.
+        """
+        terms, counts = self._query_vector(query)
+        if len(terms) == 0 or len(rows) == 0:
+            return np.zeros(len(rows), dtype=np.float32)
+        if self._by_row is None:
+            self._by_row = self.weights.tocsr()
+        w = self._by_row
+        order = np.argsort(terms)
+        sorted_terms = terms[order]
+        sub = np.zeros((len(rows), len(terms)), dtype=np.float32)
+        for r, row in enumerate(rows):
+            cols = w.indices[w.indptr[row] : w.indptr[row + 1]]
+            pos = np.minimum(np.searchsorted(sorted_terms, cols), len(terms) - 1)
+            match = sorted_terms[pos] == cols
+            sub[r, order[pos[match]]] = w.data[w.indptr[row] : w.indptr[row + 1]][match]
+        discriminative = (sub > 0).sum(axis=0) <= max_share * len(rows)
+        return (sub[:, discriminative] @ counts[discriminative]).astype(np.float32)
 
     def search(self, query: str, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
         """The top ``k`` (doc, score) with a positive score, best first; ``allowed`` masks documents out."""
@@ -188,6 +220,7 @@ class BM25Index:
             raise ValueError(f"{directory}/bm25.json: format {meta.get('format')!r}, expected {FORMAT_VERSION}")
         shape = tuple(int(x) for x in arrays["shape"])
         weights = sp.csc_matrix((arrays["data"], arrays["indices"], arrays["indptr"]), shape=shape)
+        weights.sort_indices()
         return cls(weights, {tok: j for j, tok in enumerate(vocab)}, meta["tokenizer"], meta["k1"], meta["b"])
 
 
