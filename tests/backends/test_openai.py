@@ -1,0 +1,181 @@
+"""The openai backend against a real OpenAI-compatible HTTP server started here on 127.0.0.1.
+
+The server speaks the completions and chat-completions protocols (JSON, server-sent events, echoed prompt
+logprobs) with the bundled SmolLM2 model behind it through llama-cpp-python — a real model, not canned text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from xdai.backends import get_backend
+from xdai.backends.base import GenerationSettings, Infill
+from xdai.backends.openai import BackendError
+
+PROMPT = "The following is a conversation between a friendly assistant and a user.\nUser: Hi! Who are you?\nAssistant:"
+
+
+class CompletionServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, llm):
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.llm = llm
+        self.lock = threading.Lock()
+        self.streams: list[dict] = []  # one record per streamed request: tokens sent, whether it finished
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: CompletionServer
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _json(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path == "/v1/models":
+            self._json(200, {"object": "list", "data": [{"id": "smollm2-135m", "object": "model"}]})
+        else:
+            self._json(404, {"error": {"message": f"no route {self.path}"}})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if body.get("model") != "smollm2-135m":
+            return self._json(404, {"error": {"message": f"model {body.get('model')!r} not found"}})
+        if self.path == "/v1/completions" and body.get("echo"):
+            return self._json(200, self._echo_logprobs(body["prompt"]))
+        if self.path not in ("/v1/completions", "/v1/chat/completions") or not body.get("stream"):
+            return self._json(400, {"error": {"message": "this test server streams, or echoes logprobs"}})
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        record = {"tokens": 0, "finished": False}
+        self.server.streams.append(record)
+        params = dict(
+            max_tokens=body.get("max_tokens", 16), temperature=body.get("temperature", 0.8), top_p=body.get("top_p", 1.0),
+            top_k=body.get("top_k", 40), min_p=0.0, repeat_penalty=body.get("repetition_penalty", 1.0),
+            seed=body.get("seed"), stop=body.get("stop") or [], stream=True,
+        )
+        with self.server.lock:
+            if self.path == "/v1/completions":
+                chunks = self.server.llm.create_completion(body["prompt"], **params)
+            else:
+                chunks = self.server.llm.create_chat_completion(body["messages"], **params)
+            try:
+                for chunk in chunks:
+                    choice = chunk["choices"][0]
+                    text = choice.get("text") or choice.get("delta", {}).get("content") or ""
+                    event = {"object": chunk["object"], "choices": [{"index": 0, **{k: v for k, v in choice.items()}}]}
+                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                    self.wfile.flush()
+                    record["tokens"] += 1 if text else 0
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                chunks.close()  # the client went away: stop generating
+            record["finished"] = True
+
+    def _echo_logprobs(self, prompt: str) -> dict:
+        """Prompt tokens with log P(token | tokens before it), character offsets, and one greedy token."""
+        llm = self.server.llm
+        with self.server.lock:
+            ids = llm.tokenize(prompt.encode(), add_bos=True, special=False)
+            llm.reset()
+            llm.eval(ids)
+            scores = llm.scores[: len(ids)].astype(np.float64)
+        logsm = scores - scores.max(1, keepdims=True)
+        logsm -= np.log(np.exp(logsm).sum(1, keepdims=True))
+        tokens, logprobs, offsets, offset = [], [], [], 0
+        for i, token in enumerate(ids):
+            text = llm.detokenize([token]).decode("utf-8", "ignore")
+            tokens.append(text)
+            logprobs.append(None if i == 0 else float(logsm[i - 1, token]))
+            offsets.append(offset)
+            offset += len(text)
+        nxt = int(np.argmax(scores[-1]))
+        tokens.append(llm.detokenize([nxt]).decode("utf-8", "ignore"))
+        logprobs.append(float(logsm[-1, nxt]))
+        offsets.append(offset)
+        return {
+            "object": "text_completion",
+            "choices": [{"index": 0, "text": prompt + tokens[-1], "finish_reason": "length",
+                         "logprobs": {"tokens": tokens, "token_logprobs": logprobs, "text_offset": offsets}}],
+        }
+
+
+@pytest.fixture(scope="module")
+def server(reference):
+    srv = CompletionServer(reference)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def remote(server):
+    return get_backend("openai", "default", base_url=server.url)
+
+
+async def test_greedy_completion_over_sse_matches_the_local_backend(remote, smollm2, collect):
+    greedy = GenerationSettings(temperature=0.0, repetition_penalty=1.0, max_tokens=16, stop=["\nUser:"])
+    pieces = await collect(remote.fill(Infill(PROMPT), greedy))
+    assert remote.model == "smollm2-135m"  # "default" asked the server's model list
+    assert len(pieces) > 2
+    assert "".join(pieces) == "".join(await collect(smollm2.fill(Infill(PROMPT), greedy)))
+
+
+async def test_chat_endpoint_streams_a_reply(server, collect):
+    chat = get_backend("openai", "smollm2-135m", base_url=server.url, endpoint="chat")
+    reply = "".join(await collect(chat.fill(Infill(PROMPT), GenerationSettings(seed=2, max_tokens=16))))
+    assert reply.strip() and "\n" not in reply
+
+
+@pytest.mark.parametrize("context, continuation", [(PROMPT, " I am a helpful assistant."), ("Hello wor", "ld, how are you?")])
+def test_score_from_echoed_logprobs_matches_the_local_backend(remote, smollm2, context, continuation):
+    assert remote.score(context, continuation) == pytest.approx(smollm2.score(context, continuation), abs=1e-3)
+
+
+async def test_closing_the_stream_makes_the_server_stop(remote, server):
+    before = len(server.streams)
+    stream = remote.fill(Infill("Write a very long story about a dragon.\nStory:"), GenerationSettings(seed=1, max_tokens=400, stop=[]))
+    await stream.__anext__()
+    await stream.aclose()
+    deadline = time.monotonic() + 20
+    while not (len(server.streams) > before and server.streams[-1]["finished"]) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert server.streams[-1]["finished"]
+    assert server.streams[-1]["tokens"] < 100
+
+
+async def test_server_errors_and_unreachable_servers_are_clear(server, collect):
+    wrong = get_backend("openai", "no-such-model", base_url=server.url)
+    with pytest.raises(BackendError, match=r"/v1/completions: HTTP 404: .*no-such-model"):
+        await collect(wrong.fill(Infill(PROMPT), GenerationSettings()))
+    with pytest.raises(BackendError, match="HTTP 404"):
+        wrong.score("a", "b")
+    gone = get_backend("openai", "m", base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(BackendError, match=r"127\.0\.0\.1:9/v1/completions: ConnectError"):
+        await collect(gone.fill(Infill(PROMPT), GenerationSettings()))
+    with pytest.raises(ValueError, match="needs a server"):
+        get_backend("openai", "m", base_url="")
