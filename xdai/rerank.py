@@ -85,9 +85,26 @@ async def generate_reranked(
     """
     if n < 1:
         raise ValueError(f"rerank needs n >= 1 candidates, got {n}")
+    texts = [await _sample(backend, infill, settings, i) for i in range(n)]
+    return await rerank(
+        backend, infill, texts, post_weight=post_weight, forward_weight=forward_weight, inverse=inverse
+    )
+
+
+async def rerank(
+    backend: Backend,
+    infill: Infill,
+    texts: list[str],
+    *,
+    post_weight: float = 1.0,
+    forward_weight: float | None = None,
+    inverse: InversePrompt | None = None,
+) -> RerankResult:
+    """Score given fills of the mask (from any source) with the formula above."""
+    if not texts:
+        raise ValueError("rerank needs at least one candidate")
     if forward_weight is None:
         forward_weight = 1.0 if (inverse is not None or not infill.after) else 0.0
-    texts = [await _sample(backend, infill, settings, i) for i in range(n)]
     scored: dict[str, Candidate] = {}
     for text in dict.fromkeys(texts):  # score each distinct text once
         scored[text] = await _score(backend, infill, text, post_weight, forward_weight, inverse)
