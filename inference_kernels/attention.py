@@ -244,6 +244,7 @@ def prefix_attention_triton(
     else:
         op = mp = lp = out
     warps = 4 if block_m * block_d <= 64 * 64 else 8
+    stages = 3 if block_m >= 64 and d <= 128 else 2
     _prefix_attn_kernel[(tiles_m, b * hk, num_splits)](
         q, k, v, out, op, mp, lp,
         sep_t, qoff_t, kvlen_t if kvlen_t is not None else sep_t,
@@ -259,7 +260,7 @@ def prefix_attention_triton(
         BLOCK_N=block_n,
         BLOCK_D=block_d,
         num_warps=warps,
-        num_stages=2,
+        num_stages=stages,
     )
     if split:
         _merge_splits_kernel[(b * h * lq,)](

@@ -232,10 +232,12 @@ def align_by_expert(
     Dropped assignments (keep False) are left out.
     """
     n = topk_ids.numel()
-    flat = topk_ids.reshape(-1)
+    flat = topk_ids.reshape(-1).long()
     if keep is not None:
         flat = torch.where(keep.reshape(-1), flat, num_experts)  # dropped -> a sentinel expert sorted last
-    counts = torch.bincount(flat, minlength=num_experts + 1)[:num_experts]
+    # scatter_add rather than bincount: bincount sizes its output from the data, a host sync on CUDA.
+    counts = torch.zeros(num_experts + 1, dtype=torch.long, device=flat.device)
+    counts = counts.scatter_add_(0, flat, torch.ones_like(flat))[:num_experts]
     padded = (counts + block_m - 1) // block_m * block_m
     padded_end = torch.cumsum(padded, 0)
     padded_start = padded_end - padded
