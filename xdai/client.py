@@ -15,6 +15,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +64,8 @@ class Client:
         self.bot: str | None = None
         self.last_seq = 0
         self.greeting = ""
+        self._backlog: deque[Frame] = deque()
+        self._replies: dict[str, str] = {}  # response_id -> the message it answers
 
     @classmethod
     async def connect(cls, url: str, *, api_key: str | None = None, origin: str | None = None,
@@ -94,8 +97,8 @@ class Client:
         """Send anything at all (the fault tests use it)."""
         await self.ws.send(data)
 
-    async def recv(self, timeout: float | None = 60.0) -> Frame:
-        """The next frame; frames with a seq at or below the last one seen are dropped (a resume overlap)."""
+    async def _read(self, timeout: float | None) -> Frame:
+        """The next new frame from the socket; frames with a seq already seen are dropped (a resume overlap)."""
         while True:
             raw = await asyncio.wait_for(self.ws.recv(), timeout)
             frame = json.loads(raw)
@@ -106,7 +109,27 @@ class Client:
                 if seq <= self.last_seq:
                     continue
                 self.last_seq = seq
+            if frame.get("type") == "response.start":
+                self._replies[frame["response_id"]] = frame["reply_to"]
             return frame
+
+    async def recv(self, timeout: float | None = 60.0) -> Frame:
+        """The next frame, oldest first (frames set aside while waiting for a specific one come first)."""
+        if self._backlog:
+            return self._backlog.popleft()
+        return await self._read(timeout)
+
+    async def recv_matching(self, wanted: Callable[[Frame], bool], timeout: float | None = 60.0) -> Frame:
+        """The next frame for which `wanted` is true; the others are kept, in order, for `recv`."""
+        for i, frame in enumerate(self._backlog):
+            if wanted(frame):
+                del self._backlog[i]
+                return frame
+        while True:
+            frame = await self._read(timeout)
+            if wanted(frame):
+                return frame
+            self._backlog.append(frame)
 
     # -- protocol --------------------------------------------------------------------------------------------
     async def open(self, bot: str, *, session_id: str | None = None, resume_from_seq: int | None = None,
@@ -120,13 +143,12 @@ class Client:
         if auth:
             fields["auth"] = auth
         await self.send_frame("session.open", **fields)
-        while True:
-            frame = await self.recv(timeout)
-            if frame["type"] == "session.opened":
-                self.session_id, self.bot, self.greeting = frame["session_id"], frame["bot"], frame["greeting"]
-                return frame
-            if frame["type"] == "error" and frame.get("reply_to") is None:
-                raise ServerError(frame)
+        frame = await self.recv_matching(
+            lambda f: f["type"] == "session.opened" or (f["type"] == "error" and f.get("seq") is None), timeout)
+        if frame["type"] == "error":
+            raise ServerError(frame)
+        self.session_id, self.bot, self.greeting = frame["session_id"], frame["bot"], frame["greeting"]
+        return frame
 
     async def reconnect(self, timeout: float = 60.0) -> Frame:
         """A new socket for the same session, resuming after the last seq seen."""
@@ -153,27 +175,24 @@ class Client:
 
     async def ping(self, timeout: float = 30.0) -> Frame:
         await self.send_frame("ping")
-        while True:
-            frame = await self.recv(timeout)
-            if frame["type"] == "pong":
-                return frame
+        return await self.recv_matching(lambda f: f["type"] == "pong", timeout)
 
     async def stream(self, msg_id: str, timeout: float = 120.0) -> AsyncIterator[Frame]:
-        """Frames about message `msg_id` until its reply ends (or it is refused with an error)."""
-        response_id = None
+        """Frames about message `msg_id` until its reply ends, it is refused, or it is acknowledged as a duplicate.
+        Frames about anything else are kept for `recv`."""
+        def about(f: Frame) -> bool:
+            return f.get("reply_to") == msg_id or self._replies.get(f.get("response_id", "")) == msg_id
+
         while True:
-            frame = await self.recv(timeout)
+            frame = await self.recv_matching(about, timeout)
             kind = frame["type"]
-            if frame.get("reply_to") == msg_id or (response_id and frame.get("response_id") == response_id):
-                if kind == "response.start":
-                    response_id = frame["response_id"]
-                yield frame
-                if kind == "error" and response_id is None:
-                    return
-                if kind == "response.end" and frame["finish_reason"] != "error":
-                    return
-                if kind == "error" and frame.get("code") == "backend_error":
-                    return
+            yield frame
+            if kind == "message.ack" and frame.get("duplicate"):
+                return
+            if kind == "response.end" and frame["finish_reason"] != "error":
+                return
+            if kind == "error" and (frame["code"] == "backend_error" or msg_id not in self._replies.values()):
+                return
 
     async def chat(self, text: str, *, id: str | None = None, timeout: float = 120.0, **fields: Any) -> ChatResult:
         """Send one message and collect everything about it until its reply ends."""

@@ -3,6 +3,7 @@ connection, the precise close code); the connection stays usable wherever the pr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.request
 from pathlib import Path
@@ -28,9 +29,14 @@ async def still_usable(c: Client) -> None:
     assert (await c.ping())["type"] == "pong"
 
 
-def healthy(r: Running) -> bool:
-    with urllib.request.urlopen(f"{r.http}/healthz", timeout=10) as resp:
-        return json.loads(resp.read())["status"] == "ok"
+def _healthz(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        return json.loads(resp.read())["status"]
+
+
+async def healthy(r: Running) -> bool:
+    """/healthz, fetched off the event loop (the server under test runs on this loop)."""
+    return await asyncio.to_thread(_healthz, f"{r.http}/healthz") == "ok"
 
 
 @pytest.mark.parametrize(
@@ -90,7 +96,7 @@ async def test_oversized_frames_close_1009_and_the_server_stays_up(running: Runn
         await c.send_raw(json.dumps({"v": 1, "type": "message.create", "id": "big", "text": "x" * 1_000_000}))
         await c.recv(30)
     assert info.value.rcvd is not None and info.value.rcvd.code == 1009
-    assert healthy(running)
+    assert await healthy(running)
     again = await running.opened()
     await still_usable(again)
     await again.close()
@@ -102,7 +108,7 @@ async def test_invalid_utf8_closes_1007_and_the_server_stays_up(running: Running
         await c.ws.send(b'{"v": 1, "type": "ping", "x": "\xff\xfe"}', text=True)
         await c.recv(30)
     assert info.value.rcvd is not None and info.value.rcvd.code == 1007  # RFC 6455 8.1: fail the connection
-    assert healthy(running)
+    assert await healthy(running)
     again = await running.opened()
     await still_usable(again)
     await again.close()
@@ -125,7 +131,7 @@ async def test_a_flood_is_rate_limited_and_answered_once(tmp_path: Path, agent: 
                 await c.cancel(f["reply_to"])
         assert acks == 1
         assert set(codes) <= {"rate_limited", "response_in_flight"} and codes["rate_limited"] >= 150
-        assert healthy(r)
+        assert await healthy(r)
         stored = r.server.store.messages(c.session_id)
         assert len([m for m in stored if m["role"] == "user"]) == 1
         await c.close()

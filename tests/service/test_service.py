@@ -18,9 +18,14 @@ from xdai.service.metrics import parse
 from .conftest import Running, start_server
 
 
-def get(url: str) -> tuple[int, str, str]:
-    with urllib.request.urlopen(url, timeout=10) as r:
+def _get(url: str) -> tuple[int, str, str]:
+    with urllib.request.urlopen(url, timeout=30) as r:
         return r.status, r.headers["Content-Type"], r.read().decode()
+
+
+async def get(url: str) -> tuple[int, str, str]:
+    """HTTP GET off the event loop (the server under test runs on this loop)."""
+    return await asyncio.to_thread(_get, url)
 
 
 async def test_a_reply_streams_with_grounding_and_is_stored(running: Running) -> None:
@@ -61,13 +66,13 @@ async def test_resume_replays_missed_frames_without_duplicates(running: Running)
     reopened = await c2.open("smol", session_id=c.session_id, resume_from_seq=got[-1]["seq"])
     assert reopened["resumed"] and reopened["session_id"] == c.session_id
     c2.last_seq = got[-1]["seq"]
-    rest = []
-    async for frame in c2.stream(msg):
-        rest.append(frame)
+    rest: list[dict[str, Any]] = []
+    while not rest or rest[-1]["type"] != "response.end":
+        rest.append(await c2.recv(120))
     frames = got + rest
     seqs = [f["seq"] for f in frames]
     assert seqs == sorted(set(seqs)) and seqs[0] == seen + 1
-    assert frames[-1]["type"] == "response.end"
+    assert frames[-1]["type"] == "response.end" and frames[-1]["reply_to"] == msg
     text = "".join(f["text"] for f in frames if f["type"] == "response.delta")
     assert text.strip() == frames[-1]["text"]
     # the history now holds both exchanges, and the next turn sees them
@@ -98,13 +103,11 @@ async def test_one_reply_in_flight_and_cancel(running: Running) -> None:
         if f["type"] == "response.start" and not cancelled:
             await c.cancel(first)
             cancelled = True
-    # the second message was refused while the first was in flight (it arrives among the first's frames)
-    refused = await asyncio.wait_for(_until(c, lambda f: f.get("reply_to") == "second"), 30) \
-        if not any(f.get("reply_to") == "second" for f in frames) else None
     end = next(f for f in frames if f["type"] == "response.end")
     assert end["finish_reason"] in ("cancelled", "stop", "length")
-    if refused is not None:
-        assert refused["type"] == "error" and refused["code"] == "response_in_flight" and refused["retryable"]
+    # the second message was refused while the first was in flight
+    refused = await _until(c, lambda f: f.get("reply_to") == "second")
+    assert refused["type"] == "error" and refused["code"] == "response_in_flight" and refused["retryable"]
     await c.cancel("nothing-here")
     err = await _until(c, lambda f: f["type"] == "error")
     assert err["code"] == "not_in_flight" and err["reply_to"] == "nothing-here"
@@ -132,7 +135,7 @@ async def test_a_full_queue_answers_busy_at_once(tmp_path: Path, agent: Any, bot
         assert codes == ["busy"] and len(ends) == 1
         busy = next(f for f in ra + rb if f["type"] == "error")
         assert busy["retryable"] is True and busy["retry_after_ms"] > 0
-        metrics = parse(get(f"{r.http}/metrics")[2])
+        metrics = parse((await get(f"{r.http}/metrics"))[2])
         assert metrics['xdai_errors_total{code="busy"}'] == 1
         await a.close()
         await b.close()
@@ -141,23 +144,23 @@ async def test_a_full_queue_answers_busy_at_once(tmp_path: Path, agent: Any, bot
 
 
 async def test_http_endpoints(running: Running) -> None:
-    status, kind, body = get(f"{running.http}/healthz")
+    status, kind, body = await get(f"{running.http}/healthz")
     assert status == 200 and json.loads(body)["status"] == "ok"
-    status, kind, body = get(f"{running.http}/bots")
+    status, kind, body = await get(f"{running.http}/bots")
     assert kind == "application/json" and [b["name"] for b in json.loads(body)] == ["smol"]
     c = await running.opened()
     await c.chat("hi")
-    status, kind, body = get(f"{running.http}/metrics")
+    status, kind, body = await get(f"{running.http}/metrics")
     assert kind.startswith("text/plain")
     m = parse(body)
     assert m['xdai_turns_total{bot="smol",finish_reason="stop"}'] + m.get(
         'xdai_turns_total{bot="smol",finish_reason="length"}', 0) >= 1
     assert m["xdai_ack_latency_seconds_count"] >= 1 and "xdai_queue_depth" in m
-    status, kind, body = get(f"{running.http}/")
+    status, kind, body = await get(f"{running.http}/")
     assert "app.js" in body and kind.startswith("text/html")
-    assert get(f"{running.http}/static/app.js")[1].startswith(("text/javascript", "application/javascript"))
+    assert (await get(f"{running.http}/static/app.js"))[1].startswith(("text/javascript", "application/javascript"))
     with pytest.raises(urllib.error.HTTPError) as info:
-        get(f"{running.http}/static/../server.py")
+        await get(f"{running.http}/static/../server.py")
     assert info.value.code == 404
     await c.close()
 

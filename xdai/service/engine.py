@@ -201,7 +201,7 @@ class Hub:
         if s.sink is not None:
             s.sink.push(frame, t0)
 
-    async def _error(self, s: LiveSession, problem: ProtocolError) -> None:
+    async def error(self, s: LiveSession, problem: ProtocolError) -> None:
         """A logged error frame (it concerns a message of this session)."""
         async with s.lock:
             frame = self._frame(s, "error", **problem.fields())

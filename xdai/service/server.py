@@ -253,7 +253,7 @@ class XdaiServer:
                 await self._dispatch(conn, frame, received)
             except ProtocolError as problem:
                 if conn.session is not None and problem.reply_to is not None and self.hub is not None:
-                    await self.hub._error(conn.session, problem)
+                    await self.hub.error(conn.session, problem)
                 else:
                     conn.error(problem)
             except Exception:
