@@ -21,6 +21,7 @@ import importlib
 import importlib.util
 import inspect
 import logging
+import re
 import sys
 import threading
 import time
@@ -251,11 +252,12 @@ def load_flow(spec_flow: str, bot_dir: str | Path) -> Flow:
     target, _, class_name = spec_flow.partition(":")
     module = _module_for(target, bot_dir)
     where = getattr(module, "__file__", target)
+    cls: Any = None
+    flow: Flow | None = None
     if class_name:
         cls = getattr(module, class_name, None)
         if not (inspect.isclass(cls) and issubclass(cls, Flow)):
             raise FlowError(f"{where}:1: {class_name!r} is not a Flow subclass in this module")
-        flow: Flow = cls()
     elif isinstance(getattr(module, "FLOW", None), Flow):
         flow = module.FLOW
     else:
@@ -265,11 +267,19 @@ def load_flow(spec_flow: str, bot_dir: str | Path) -> Flow:
             names = ", ".join(c.__name__ for c in classes)
             raise FlowError(f"{where}:1: several Flow subclasses ({names}): name one as flow: FILE:Class")
         if classes:
-            flow = classes[0]()
+            cls = classes[0]
         elif any(callable(getattr(module, h, None)) for h in HOOKS):
             flow = _ModuleFlow(module)
         else:
             raise FlowError(f"{where}:1: no Flow subclass, FLOW instance or hook function ({', '.join(HOOKS)})")
+    if flow is None:
+        try:
+            flow = cls()
+        except Exception as exc:  # a flow reading its own data files reports them; anything else names the flow
+            message = str(exc)
+            if not re.match(r"^\S+:\d+", message):
+                message = f"{where}:{_traceback_line(exc, Path(str(where)))}: {type(exc).__name__}: {message}"
+            raise FlowError(message) from None
     for hook in HOOKS:
         fn = getattr(flow, hook, None)
         if not callable(fn):
@@ -351,8 +361,6 @@ class FlowAgent:
                 ctx = FlowContext(self, session, history=history)
                 self.call(self.flow, "on_open", ctx)
                 events = ctx.events
-        elif not resumed:
-            events = []
         else:  # a reconnecting page needs the current timer again
             events = [FlowEvent("timer", self.timer_data(session, name)) for name in session.timers]
         if emit is not None:
@@ -471,3 +479,28 @@ def wrap_flow(spec: BotSpec, agent: Agent) -> Agent | FlowAgent:
     if not spec.flow:
         return agent
     return FlowAgent(agent, load_flow(spec.flow, spec.path), name=spec.name)
+
+
+def describe_event(event: FlowEvent) -> str | None:
+    """One line for a terminal (``xdai chat --bot``): what the page would show for this event, or None."""
+    data = event.data if isinstance(event.data, dict) else {}
+    if event.name == "timer":
+        return str(data.get("text", ""))
+    if event.name == "suggestions" and data.get("items"):
+        items = " ".join(f"[{i + 1}] {q}" for i, q in enumerate(data["items"]))
+        return f"{data.get('intro') or '你可以问：'} {items}"
+    if event.name == "phase":
+        return f"—— {data.get('label', data.get('name', ''))} ——"
+    if event.name == "actions":
+        return "可用操作：" + "、".join(f"“{a.get('send', '')}”" for a in data.get("items", []))
+    if event.name == "handoff":
+        contact = data.get("contact", {})
+        return f"转人工：{data.get('text', '') or '已为您转接'}（{contact.get('phone', '')}）"
+    if event.name == "summary":
+        closing = f"{data['closing']}\n" if data.get("closing") else ""
+        return f"{closing}【面试总结】\n{data.get('summary', '')}"
+    if event.name == "session.end":
+        return f"（会话已结束：{data.get('reason', '')}）"
+    if event.name == "condition":
+        return f"（后置回复：{data.get('post_response', '')}）"
+    return f"[{event.name}] {data or event.data}"

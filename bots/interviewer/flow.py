@@ -30,16 +30,29 @@ ENDED_REPLY = "本次面试已经结束了，感谢你的参与！结果会在�
 
 def load_interview(path: Path = CONFIG) -> dict[str, Any]:
     """interview.yaml, checked: a clear error naming the file and key when it is wrong."""
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    text = path.read_text(encoding="utf-8")
+    try:
+        node, data = yaml.compose(text), yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ValueError(f"{path}:{mark.line + 1 if mark else 1}: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}:1: expected a mapping")
+        raise ValueError(f"{path}:1: expected a mapping of interview settings")
+
+    def line(key: str) -> int:
+        for k, v in node.value:
+            if k.value == key:
+                return v.start_mark.line + 1
+        return 1
+
     questions = data.get("questions")
     if not isinstance(questions, list) or not questions or not all(
             isinstance(q, dict) and isinstance(q.get("q"), str) and q["q"].strip() for q in questions):
-        raise ValueError(f"{path}: questions: expected a non-empty list of {{topic, q}}")
+        raise ValueError(f"{path}:{line('questions')}: questions: expected a non-empty list of {{topic, q}}")
     seconds = data.get("qa_seconds", 240)
-    if not isinstance(seconds, (int, float)) or seconds <= 0:
-        raise ValueError(f"{path}: qa_seconds: expected a positive number of seconds, got {seconds!r}")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+        raise ValueError(f"{path}:{line('qa_seconds')}: qa_seconds: expected a positive number of seconds, "
+                         f"got {seconds!r}")
     data.setdefault("company", "")
     data.setdefault("role", "")
     data.setdefault("follow_ups", True)
