@@ -136,7 +136,7 @@ class Prompt:
 
     def render(self) -> Infill:
         """Text before the [MASK] (ending with the bot's speaker tag) and the post-response line after it."""
-        before = "\n".join(p.text for p in self.parts if p.kind not in ("mask", "post_response"))
+        before = "\n".join(p.text for p in self.parts if p.kind != "post_response")
         post = [p.text for p in self.parts if p.kind == "post_response"]
         return Infill(before=before, after=("\n" + post[0]) if post else None)
 
@@ -336,7 +336,7 @@ class PromptBuilder:
         parts: list[Part] = []
 
         def lore_parts(position: str) -> None:
-            entries = [e for e in lore if getattr(e, "position", "before_char") == position]
+            entries = [e for e in lore if (getattr(e, "position", None) or "before_char") == position]
             for rank, entry in enumerate(sorted(entries, key=lambda e: getattr(e, "insertion_order", 0))):
                 prio = float(getattr(entry, "priority", 0) or 0)
                 parts.append(
