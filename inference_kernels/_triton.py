@@ -34,4 +34,19 @@ except ImportError:  # CPU-only installs without the `kernels` extra
     triton = _Absent()  # type: ignore[assignment]
     tl = _Absent()  # type: ignore[assignment]
 
-__all__ = ["HAS_TRITON", "triton", "tl"]
+
+
+def launch(kernel, grid: tuple[int, ...], *args, **meta):
+    """`kernel[grid](*args, **meta)`, retried with fewer pipeline stages if the GPU runs out of shared memory
+    (the tile configs are sized for Hopper; smaller parts or fp32 inputs may need shallower pipelines)."""
+    while True:
+        try:
+            return kernel[grid](*args, **meta)
+        except Exception as exc:
+            stages = meta.get("num_stages", 3)
+            if type(exc).__name__ != "OutOfResources" or stages <= 1:
+                raise
+            meta = {**meta, "num_stages": stages - 1}
+
+
+__all__ = ["HAS_TRITON", "launch", "triton", "tl"]

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from inference_kernels._triton import tl, triton
+from inference_kernels._triton import launch, tl, triton
 
 # ---------------------------------------------------------------- shared argument handling
 
@@ -228,6 +228,8 @@ def prefix_attention_triton(
     block_m = 16 if rows <= 16 else 32 if rows <= 32 else 64 if (rows <= 64 or d > 128) else 128
     block_n = 64 if d <= 128 else 32
     block_d = max(16, triton.next_power_of_2(d))
+    if q.element_size() == 4:  # fp32 tiles take twice the shared memory
+        block_m = min(block_m, 64)
     tiles_m = triton.cdiv(rows, block_m)
     if num_splits is None:
         programs = tiles_m * b * hk
@@ -244,8 +246,10 @@ def prefix_attention_triton(
     else:
         op = mp = lp = out
     warps = 4 if block_m * block_d <= 64 * 64 else 8
-    stages = 3 if block_m >= 64 and d <= 128 else 2
-    _prefix_attn_kernel[(tiles_m, b * hk, num_splits)](
+    stages = 3 if block_m >= 64 and d <= 128 and q.element_size() == 2 else 2
+    launch(
+        _prefix_attn_kernel,
+        (tiles_m, b * hk, num_splits),
         q, k, v, out, op, mp, lp,
         sep_t, qoff_t, kvlen_t if kvlen_t is not None else sep_t,
         scale * 1.4426950408889634,

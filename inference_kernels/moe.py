@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from inference_kernels._triton import tl, triton
+from inference_kernels._triton import launch, tl, triton
 from inference_kernels.norm import _gelu_tanh, gelu_tanh
 
 ACTIVATIONS = ("gelu", "silu_gated")
@@ -256,12 +256,17 @@ def align_by_expert(
     return sorted_ids[:rows_bound], block_expert, padded_end[-1:].to(torch.int32)
 
 
-def _tile_config(num_assign: int, n_out: int, gated: bool) -> dict[str, int]:
+def _tile_config(num_assign: int, gated: bool, element_size: int) -> dict[str, int]:
+    """Tiles for Hopper-class GPUs in 16-bit types; fp32 halves the K depth to fit shared memory."""
     if num_assign <= 64:  # decode: weight-bandwidth bound, few rows per expert
-        return {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 4}
-    if num_assign <= 1024:
-        return {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4}
-    return {"BLOCK_M": 64, "BLOCK_N": 64 if gated else 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3}
+        cfg = {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 4}
+    elif num_assign <= 1024:
+        cfg = {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4}
+    else:
+        cfg = {"BLOCK_M": 64, "BLOCK_N": 64 if gated else 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3}
+    if element_size == 4:
+        cfg.update(BLOCK_K=cfg["BLOCK_K"] // 2, num_stages=min(cfg["num_stages"], 3))
+    return cfg
 
 
 def fused_experts_triton(
@@ -286,8 +291,8 @@ def fused_experts_triton(
         return torch.zeros_like(hidden), dropped
     gated = activation == "silu_gated"
     x = hidden if hidden.stride(-1) == 1 else hidden.contiguous()
-    up_cfg = _tile_config(n, f, gated)
-    down_cfg = _tile_config(n, d, False)
+    up_cfg = _tile_config(n, gated, hidden.element_size())
+    down_cfg = _tile_config(n, False, hidden.element_size())
     if block_m is not None:
         up_cfg["BLOCK_M"] = down_cfg["BLOCK_M"] = block_m
     down_cfg["BLOCK_M"] = up_cfg["BLOCK_M"]  # both GEMMs walk the same tiles
@@ -296,7 +301,9 @@ def fused_experts_triton(
     weights = topk_weights.reshape(-1).float().contiguous()
 
     inter = torch.empty((n, f), dtype=hidden.dtype, device=hidden.device)
-    _moe_up_kernel[(tiles_m * triton.cdiv(f, up_cfg["BLOCK_N"]),)](
+    launch(
+        _moe_up_kernel,
+        (tiles_m * triton.cdiv(f, up_cfg["BLOCK_N"]),),
         x, w1, b1 if b1 is not None else w1, inter, sorted_ids, block_expert, total,
         n, k, d, f,
         x.stride(0), w1.stride(0), w1.stride(1), w1.stride(2), b1.stride(0) if b1 is not None else 0, inter.stride(0),
@@ -304,7 +311,9 @@ def fused_experts_triton(
     )
     # Dropped assignments are never written: their rows must read as zeros in the combine.
     per_assign = (torch.zeros if keep is not None else torch.empty)((n, d), dtype=hidden.dtype, device=hidden.device)
-    _moe_down_kernel[(tiles_m * triton.cdiv(d, down_cfg["BLOCK_N"]),)](
+    launch(
+        _moe_down_kernel,
+        (tiles_m * triton.cdiv(d, down_cfg["BLOCK_N"]),),
         inter, w2, b2 if b2 is not None else w2, per_assign, weights, sorted_ids, block_expert, total,
         n, f, d,
         inter.stride(0), w2.stride(0), w2.stride(1), w2.stride(2), b2.stride(0) if b2 is not None else 0, per_assign.stride(0),
