@@ -256,6 +256,59 @@ def align_by_expert(
     return sorted_ids[:rows_bound], block_expert, padded_end[-1:].to(torch.int32)
 
 
+@triton.jit
+def _align_kernel(
+    IDS, KEEP, SORTED, BLOCK_EXPERT, TOTAL, n_assign, num_experts, num_tiles,
+    HAS_KEEP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
+    """`align_by_expert` in one program for small batches: an assignments x experts one-hot in registers."""
+    a = tl.arange(0, BLOCK_A)
+    a_ok = a < n_assign
+    ids = tl.load(IDS + a, mask=a_ok, other=-1)
+    if HAS_KEEP:
+        ids = tl.where(tl.load(KEEP + a, mask=a_ok, other=0) != 0, ids, -1)  # dropped: matches no expert
+    onehot = (ids[:, None] == tl.arange(0, BLOCK_E)[None, :]).to(tl.int32)  # [assignments, experts]
+    padded = (tl.sum(onehot, axis=0) + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    padded_end = tl.cumsum(padded, axis=0)
+    rank = tl.sum(tl.cumsum(onehot, axis=0) * onehot, axis=1) - 1  # place among its expert's assignments
+    dest = tl.sum(onehot * (padded_end - padded)[None, :], axis=1) + rank
+    tl.store(SORTED + dest, a.to(tl.int32), mask=tl.sum(onehot, axis=1) > 0)
+    t = tl.arange(0, BLOCK_T)
+    tile_expert = tl.sum((padded_end[None, :] <= (t * BLOCK_M)[:, None]).to(tl.int32), axis=1)
+    tl.store(BLOCK_EXPERT + t, tl.minimum(tile_expert, num_experts - 1), mask=t < num_tiles)
+    tl.store(TOTAL, tl.sum(padded, axis=0))
+
+
+_ALIGN_KERNEL_MAX_CELLS = 32768  # assignments x experts (powers of two) held in registers by one program
+
+
+def align_by_expert_triton(
+    topk_ids: torch.Tensor, num_experts: int, block_m: int, keep: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`align_by_expert` as one kernel launch when the batch is small (decode), else the torch version."""
+    n = topk_ids.numel()
+    block_a, block_e = triton.next_power_of_2(n), triton.next_power_of_2(num_experts)
+    if block_a * block_e > _ALIGN_KERNEL_MAX_CELLS:
+        return align_by_expert(topk_ids, num_experts, block_m, keep)
+    rows_bound = triton.cdiv(n + min(num_experts, n) * (block_m - 1), block_m) * block_m
+    num_tiles = rows_bound // block_m
+    sorted_ids = torch.full((rows_bound,), n, dtype=torch.int32, device=topk_ids.device)
+    block_expert = torch.empty((num_tiles,), dtype=torch.int32, device=topk_ids.device)
+    total = torch.empty((1,), dtype=torch.int32, device=topk_ids.device)
+    ids = topk_ids.reshape(-1)
+    keep_bytes = keep.reshape(-1).view(torch.uint8) if keep is not None else ids
+    _align_kernel[(1,)](
+        ids, keep_bytes, sorted_ids, block_expert, total, n, num_experts, num_tiles,
+        HAS_KEEP=keep is not None, BLOCK_M=block_m, BLOCK_A=block_a, BLOCK_E=block_e,
+        BLOCK_T=max(2, triton.next_power_of_2(num_tiles)), num_warps=4 if block_a * block_e <= 8192 else 8,
+    )
+    return sorted_ids, block_expert, total
+
+
 def _tile_config(num_assign: int, gated: bool, element_size: int) -> dict[str, int]:
     """Tiles for Hopper-class GPUs in 16-bit types; fp32 halves the K depth to fit shared memory."""
     if num_assign <= 64:  # decode: weight-bandwidth bound, few rows per expert
@@ -296,7 +349,7 @@ def fused_experts_triton(
     if block_m is not None:
         up_cfg["BLOCK_M"] = down_cfg["BLOCK_M"] = block_m
     down_cfg["BLOCK_M"] = up_cfg["BLOCK_M"]  # both GEMMs walk the same tiles
-    sorted_ids, block_expert, total = align_by_expert(topk_ids, e, up_cfg["BLOCK_M"], keep)
+    sorted_ids, block_expert, total = align_by_expert_triton(topk_ids, e, up_cfg["BLOCK_M"], keep)
     tiles_m = block_expert.numel()
     weights = topk_weights.reshape(-1).float().contiguous()
 

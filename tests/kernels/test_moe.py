@@ -171,3 +171,18 @@ def test_bad_arguments_are_named():
         fused_moe(hidden, torch.randn(T, E), w1, w2, top_k=2, activation="silu_gated")
     with pytest.raises(ValueError, match="capacity_factor must be > 0"):
         fused_moe(hidden, torch.randn(T, E), w1, w2, top_k=2, capacity_factor=0)
+
+
+@pytest.mark.parametrize("t,k,e,cap", [(1, 2, 6, None), (13, 2, 6, 0.75), (23, 1, 5, None), (64, 2, 16, 0.9)])
+def test_align_kernel_matches_torch_align(interpret, t, k, e, cap):
+    """The one-launch decode alignment produces exactly the rows of the torch version."""
+    ids = route(torch.randn(t, e), k)[1]
+    keep, _ = capacity_keep(ids, e, cap)
+    for block_m in (16, 32):
+        got = M.align_by_expert_triton(ids, e, block_m, keep)
+        want = M.align_by_expert(ids, e, block_m, keep)
+        assert got[0].shape == want[0].shape and got[1].shape == want[1].shape
+        assert torch.equal(got[2], want[2])
+        rows = want[2].item()
+        assert torch.equal(got[0][:rows], want[0][:rows])
+        assert torch.equal(got[1][: rows // block_m], want[1][: rows // block_m])
