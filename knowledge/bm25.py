@@ -16,6 +16,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,9 @@ from knowledge.item import Item
 
 FORMAT_VERSION = 1
 _CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_RUN = re.compile(rf"[{_CJK}]+|[^\W_]+", re.UNICODE)
+_RUN = re.compile(rf"[{_CJK}]+|[^\W_{_CJK}]+", re.UNICODE)
 _IS_CJK = re.compile(rf"[{_CJK}]")
+_WORDY = re.compile(r"[^\W_]")
 
 
 def normalize(text: str) -> str:
@@ -52,18 +54,30 @@ def _char_ngram_tokenizer(spec: dict) -> Callable[[str], list[str]]:
     return tokenize
 
 
-def _jieba_tokenizer(spec: dict) -> Callable[[str], list[str]]:
+@lru_cache(maxsize=1)
+def _jieba_base():
+    """jieba's default dictionary, loaded once per process (seconds); each spec gets a copy to add names to."""
     import logging
 
     import jieba
 
     jieba.setLogLevel(logging.WARNING)
+    base = jieba.Tokenizer()
+    base.initialize()
+    return base
+
+
+def _jieba_tokenizer(spec: dict) -> Callable[[str], list[str]]:
+    import jieba
+
+    base = _jieba_base()
     seg = jieba.Tokenizer()
+    seg.FREQ, seg.total, seg.initialized = dict(base.FREQ), base.total, True
     for word in spec.get("user_words", []):
         seg.add_word(normalize(word), freq=spec.get("user_word_freq", 100_000))
 
     def tokenize(text: str) -> list[str]:
-        return [t for t in seg.lcut(normalize(text)) if _RUN.fullmatch(t)]
+        return [t for t in seg.lcut(normalize(text)) if _WORDY.search(t)]
 
     return tokenize
 
@@ -75,11 +89,17 @@ TOKENIZERS: dict[str, Callable[[dict], Callable[[str], list[str]]]] = {
 
 
 def make_tokenizer(spec: dict) -> Callable[[str], list[str]]:
-    """The tokenizer a spec names; a clear error for an unknown one."""
+    """The tokenizer a spec names (one per distinct spec and process); a clear error for an unknown one."""
     name = spec.get("name")
     if name not in TOKENIZERS:
         raise ValueError(f"unknown BM25 tokenizer {name!r} (known: {', '.join(sorted(TOKENIZERS))})")
-    return TOKENIZERS[name](spec)
+    return _tokenizer_for(json.dumps(spec, sort_keys=True, ensure_ascii=False))
+
+
+@lru_cache(maxsize=8)
+def _tokenizer_for(spec_json: str) -> Callable[[str], list[str]]:
+    spec = json.loads(spec_json)
+    return TOKENIZERS[spec["name"]](spec)
 
 
 def entity_names(items: Sequence[Item]) -> list[str]:

@@ -48,7 +48,6 @@ class HybridRetriever:
         rrf_k: int = 60,
         *,
         context_weight: float = 10.0,
-        description_prior: float = 0.5,
         candidates: int = 100,
         tracker: EntityTracker | None = None,
     ):
@@ -64,7 +63,6 @@ class HybridRetriever:
         self.bm25_weight = bm25_weight
         self.rrf_k = rrf_k
         self.context_weight = context_weight
-        self.description_prior = description_prior
         self.candidates = candidates
         self.tracker = tracker if tracker is not None else EntityTracker.from_items(self.items)
         self._kind = np.array([it.kind for it in self.items])
@@ -143,11 +141,11 @@ class HybridRetriever:
             fetch = min(fetch * 4, total)
 
     def _entity_list(self, res: Resolution, utterance: str, qvec: np.ndarray | None, allowed: np.ndarray | None) -> Ranked:
-        """The resolved entity's items, ranked among themselves by dense + BM25 fusion and a description prior.
+        """The resolved entity's items, ranked among themselves by the same dense + BM25 fusion.
 
         BM25 scores the bare utterance with only the terms that tell the entity's items apart (not its name, not
-        the question template they share), and ranks just the items with such evidence. The entity's description
-        is the default answer about it ("你知道故宫吗？"): a list of its own, weighted ``description_prior``.
+        the question template they share) and ranks the items with such evidence, then the entity's
+        description: the default answer about an entity when the utterance asks nothing specific ("你知道故宫吗？").
         """
         if res.entity is None or self.context_weight == 0:
             return []
@@ -158,11 +156,11 @@ class HybridRetriever:
         if self.bm25_weight > 0:
             s = self.bm25.scores_among(utterance, ids)
             ranked = [(ids[j], float(s[j])) for j in np.argsort(-s, kind="stable") if s[j] > 0]
+            ranked += [(i, 0.0) for i, score in zip(ids, s, strict=True) if score <= 0 and self._kind[i] == "description"]
             lists.append((self.bm25_weight, ranked))
         if qvec is not None:
             s = self._item_vectors(ids) @ qvec
             lists.append((self.dense_weight, [(ids[j], float(s[j])) for j in np.argsort(-s, kind="stable")]))
-        lists.append((self.description_prior, [(i, 0.0) for i in ids if self._kind[i] == "description"]))
         fused = rrf(lists, self.rrf_k)
         order = sorted(ids, key=lambda d: (-fused.get(d, 0.0), self._kind[d] != "description", d))
         return [(d, fused.get(d, 0.0)) for d in order]
