@@ -291,7 +291,7 @@ def align_by_expert_triton(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`align_by_expert` as one kernel launch when the batch is small (decode), else the torch version."""
     n = topk_ids.numel()
-    block_a, block_e = triton.next_power_of_2(n), triton.next_power_of_2(num_experts)
+    block_a, block_e = max(16, triton.next_power_of_2(n)), max(16, triton.next_power_of_2(num_experts))
     if block_a * block_e > _ALIGN_KERNEL_MAX_CELLS:
         return align_by_expert(topk_ids, num_experts, block_m, keep)
     rows_bound = triton.cdiv(n + min(num_experts, n) * (block_m - 1), block_m) * block_m

@@ -63,3 +63,33 @@ def test_engine_attention_spec_is_the_kernel_mask():
     sep, q_offset, kv_len = torch.tensor([3, 12]), torch.tensor([7, 14]), torch.tensor([9, 16])
     spec = AttentionSpec(sep=sep, q_offset=q_offset, kv_len=kv_len)
     assert torch.equal(spec.mask(2, 20, sep.device), prefix_mask(sep, 2, 20, q_offset, kv_len)[:, None])
+
+
+def test_glm_fused_blocks_on_interpreted_triton(interpret, monkeypatch):
+    """Our GLM after inject(), its blocks running every op through the Triton kernels (interpreted on CPU):
+    prefill into a KV cache, then two cached decode steps, against the plain model."""
+    import copy
+
+    import inference_kernels.dispatch as dispatch
+    import xdai.model.glm as glm
+
+    model = GLMModel(GLMConfig(**CFG, moe_layers=[1], num_experts=4)).eval()
+    with torch.no_grad():  # non-zero biases so the fused bias paths matter
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or name.endswith(".b1") or name.endswith(".b2"):
+                p.normal_(0, 0.1)
+    fused = copy.deepcopy(model)
+    inject(fused)
+    monkeypatch.setattr(glm, "_kernels_on", lambda x: True)  # as on CUDA
+    monkeypatch.setattr(dispatch, "use_triton", lambda *tensors: True)  # the Triton path, on CPU tensors
+    ids = torch.randint(0, 64, (2, 12))
+    sep = torch.tensor([4, 12])
+    caches = [m.new_cache(2, 20) for m in (model, fused)]
+    with torch.no_grad():
+        for n, step in enumerate([ids, ids[:, -1:], ids[:, -2:-1]]):
+            mask = sep if n == 0 else None
+            with monkeypatch.context() as plain_only:
+                plain_only.setattr(glm, "_kernels_on", lambda x: False)
+                plain = model(step, None, mask, cache=caches[0]).logits
+            out = fused(step, None, mask, cache=caches[1]).logits
+            torch.testing.assert_close(out, plain, atol=1e-4, rtol=1e-4)

@@ -125,3 +125,10 @@ def test_glm_engine_fused_on_cuda(cuda):
     sep = torch.tensor([10, 25], device=cuda)
     with torch.no_grad():
         close(fused(ids, pos, sep).logits, model(ids, pos, sep).logits, 5e-2)
+        # Cached decode: prefill into a KV cache, then two single-token steps reading it.
+        caches = [m.new_cache(2, 64) for m in (model, fused)]
+        steps = [ids, ids[:, -1:], ids[:, -2:-1]]
+        for n, step in enumerate(steps):
+            mask = sep if n == 0 else None
+            plain = model(step, None, mask, cache=caches[0]).logits
+            close(fused(step, None, mask, cache=caches[1]).logits, plain, 5e-2)
