@@ -39,7 +39,9 @@ class Responder(Protocol):
 class Sink(Protocol):
     """Where a session's frames go: a connection (see server.Connection)."""
 
-    def push(self, frame: dict[str, Any], t0: float | None = None) -> None: ...
+    def push(self, frame: dict[str, Any], t0: float | None = None) -> None:
+        """Queue `frame`; `t0` (perf_counter) is when its cause happened, for the ack/delta latency metrics."""
+        ...
 
 
 # ------------------------------------------------------------------------------------------ generation pool
@@ -242,13 +244,16 @@ class Hub:
             if resume_from_seq is not None:
                 logged = await self.db(self.store.frames_after, s.id, resume_from_seq)
                 seqs = {f["seq"] for f in logged}
-                for frame in logged + [f for f in s.pending if f["seq"] > resume_from_seq and f["seq"] not in seqs]:
+                unlogged = [f for f in s.pending if f["seq"] > resume_from_seq and f["seq"] not in seqs]
+                for frame in sorted(logged + unlogged, key=lambda f: f["seq"]):
                     sink.push(frame)
         return s
 
     async def _load(self, session_id: str) -> LiveSession:
-        if session_id in self.sessions:
-            return self.sessions[session_id]
+        cached = self.sessions.get(session_id)
+        if cached is not None and (cached.sink is not None or cached.turn is not None):
+            return cached
+        # not in use here: read it afresh, since another replica may have served it meanwhile (shared store)
         record = await self.db(self.store.get, session_id)
         if record is None:
             raise ProtocolError("session_not_found", f"session {session_id} does not exist (open a new one without "
@@ -262,8 +267,9 @@ class Hub:
         for user, bot in exchanges(messages):
             history.append(user, bot)
         seen = {m["id"] for m in messages if m["role"] == "user"}
-        if session_id in self.sessions:  # loaded meanwhile by another connection
-            return self.sessions[session_id]
+        current = self.sessions.get(session_id)
+        if current is not None and current is not cached:  # loaded meanwhile by another connection
+            return current
         s = LiveSession(record, agent, history, seen, record.next_seq, record.next_seq - 1)
         self.sessions[session_id] = s
         return s
@@ -325,8 +331,7 @@ class Hub:
                     s.turn = None
                     self.pool.release()
                     return
-                self._send(s, ack)
-                self.metrics.ack_latency.observe(time.perf_counter() - received)
+                self._send(s, ack, received)
                 start = self._frame(s, "response.start", response_id=turn.response_id, reply_to=msg_id)
                 s.seq_reserved = start["seq"] + SEQ_WINDOW
                 await self.db(self.store.begin_reply, s.id, turn.response_id, msg_id, self.owner, [start],

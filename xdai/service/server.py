@@ -67,7 +67,7 @@ class Connection:
         if frame.get("type") == "error" and frame.get("seq") is None:
             self.server.metrics.errors.inc(code=frame["code"])
         if self.queue.qsize() < self.limit:
-            self.queue.put_nowait((encode(frame), t0))
+            self.queue.put_nowait((encode(frame), None if t0 is None else (frame["type"], t0)))
         else:
             self.server.metrics.errors.inc(code="slow_consumer")
             self.close(CLOSE_TRY_AGAIN_LATER, "slow consumer: send buffer full; reconnect with resume_from_seq")
@@ -95,8 +95,10 @@ class Connection:
                     await self.ws.close(*t0)
                     return
                 await self.ws.send(text)
-                if t0 is not None:
-                    metrics.delta_forward.observe(time.perf_counter() - t0)
+                if t0 is not None:  # (frame type, when its cause happened): the server's own latency
+                    kind, since = t0
+                    summary = metrics.ack_latency if kind == "message.ack" else metrics.delta_forward
+                    summary.observe(time.perf_counter() - since)
         except ConnectionClosed:
             pass
 
