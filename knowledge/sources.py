@@ -70,7 +70,7 @@ def lang_of(text: str) -> str:
 
 # --------------------------------------------------------------------------------------------- entry points
 def read_sources(sources: Iterable[Any], problems: Problems) -> Iterator[Item]:
-    """Items from each source in order: paths (files or folders, recursively) or LangChain `Document`s."""
+    """Items from each source in order: paths (files or folders, recursively), LangChain `Document`s, `Item`s."""
     for source in sources:
         if isinstance(source, (str, Path)):
             path = Path(source)
@@ -83,8 +83,9 @@ def read_sources(sources: Iterable[Any], problems: Problems) -> Iterator[Item]:
             else:
                 yield from read_file(path, problems)
         else:
-            docs = list(source) if isinstance(source, (list, tuple)) else [source]
-            yield from read_documents(docs, problems)
+            objects = list(source) if isinstance(source, (list, tuple)) else [source]
+            yield from (obj for obj in objects if isinstance(obj, Item))  # already items (e.g. generated QA)
+            yield from read_documents([obj for obj in objects if not isinstance(obj, Item)], problems)
 
 
 def read_file(path: str | Path, problems: Problems) -> Iterator[Item]:

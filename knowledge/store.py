@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from knowledge.bm25 import BM25Index, default_tokenizer_spec
 from knowledge.curate import CurationReport, clean, near_duplicates
-from knowledge.embed import Embedder, get_embedder
+from knowledge.embed import CachedEmbedder, Embedder, get_embedder
 from knowledge.item import Hit, Item
 from knowledge.retrieve import HybridRetriever
 from knowledge.sources import Problems, SourceError, read_sources
@@ -129,6 +129,15 @@ def _embedder_of(embedder: str | Embedder, config: Any) -> Embedder:
             embedder = config.embedder.name
         return get_embedder(embedder)
     return embedder
+
+
+def _with_cache(emb: Embedder, config: Any, embed_cache: bool | None) -> Embedder:
+    """The embedder a build encodes passages with: cached on disk unless turned off ($XDAI_EMBED_CACHE=0)."""
+    if embed_cache is None:
+        embed_cache = os.environ.get("XDAI_EMBED_CACHE", "1").strip().lower() not in ("0", "off", "false", "no")
+    if not embed_cache:
+        return emb
+    return CachedEmbedder(emb, Path(config.paths.cache_dir) / "embeddings.sqlite3")
 
 
 # --------------------------------------------------------------------------------------------- dense index
@@ -326,8 +335,11 @@ class Store:
         skip_bad: bool = False,
         progress: bool = True,
         config: Any = None,
+        embed_cache: bool | None = None,
     ) -> BuildReport:
-        """Read, curate, embed and index `sources` into a new store at `out` (replacing any store there)."""
+        """Read, curate, embed and index `sources` into a new store at `out` (replacing any store there).
+
+        Passage embeddings are cached on disk (`embed_cache`; default on unless $XDAI_EMBED_CACHE=0)."""
         from xdai.config import load_config
 
         config = config if config is not None else load_config()
@@ -335,7 +347,9 @@ class Store:
         _check_target(target)
         emb = _embedder_of(embedder, config)
         start = time.perf_counter()
-        items, vectors, report, skipped, labels = _curated(sources, emb, config, skip_bad=skip_bad, progress=progress)
+        items, vectors, report, skipped, labels = _curated(
+            sources, _with_cache(emb, config, embed_cache), config, skip_bad=skip_bad, progress=progress
+        )
         store_path = _materialise(target, items, vectors, emb, config, labels, report, skipped, start, progress)
         manifest = json.loads((store_path / "manifest.json").read_text(encoding="utf-8"))
         return _report_from(manifest, len(items), report, skipped, time.perf_counter() - start, str(target))
@@ -392,14 +406,16 @@ class Store:
         manifest = _manifest(kept, emb, dense_info, spec, [], report, [], 0.0)
         return cls(kept, dense, bm25, emb, manifest, config=config)
 
-    def add(self, sources: Sequence[str | Path | Any], *, skip_bad: bool = False, progress: bool = True) -> BuildReport:
+    def add(self, sources: Sequence[str | Path | Any], *, skip_bad: bool = False, progress: bool = True,
+            embed_cache: bool | None = None) -> BuildReport:
         """Curate and index new sources into this store (deduplicated against it); on disk, atomically."""
         from xdai.config import load_config
 
         config = self.config if self.config is not None else load_config()
         start = time.perf_counter()
         new, new_vectors, report, skipped, labels = _curated(
-            sources, self.embedder, config, skip_bad=skip_bad, progress=progress, existing=self
+            sources, _with_cache(self.embedder, config, embed_cache), config, skip_bad=skip_bad, progress=progress,
+            existing=self,
         )
         items = self.items + new
         vectors = np.concatenate([_all_vectors(_to_cpu(self.dense_index)), new_vectors]) if new else None
@@ -469,7 +485,11 @@ class Store:
 
 # --------------------------------------------------------------------------------------------- build steps
 def _source_label(source: Any) -> str:
-    return str(source) if isinstance(source, (str, Path)) else f"<{type(source).__name__}>"
+    if isinstance(source, (str, Path)):
+        return str(source)
+    if isinstance(source, (list, tuple)):
+        return f"<{len(source)} in-process records>"
+    return f"<{type(source).__name__}>"
 
 
 def _curated(
