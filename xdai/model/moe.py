@@ -1,0 +1,196 @@
+"""Mixture-of-experts FFN: top-k softmax router, capacity with counted drops, stacked expert weights.
+
+Routing semantics are the contract with `inference_kernels.fused_moe`: softmax over all E experts, take top-k;
+with `renormalize` the k weights are divided by their sum. With a capacity factor, each expert keeps at most
+`ceil(capacity_factor * T * top_k / E)` assignments in slot-major order (every token's 1st choice in token
+order, then every 2nd choice, ...); the rest are dropped, contribute nothing and are counted (the kept weights
+are not renormalised). Expert weights are stacked: `w1 [E, D, F]`, `b1 [E, F]`, `w2 [E, F, D]`, `b2 [E, D]`.
+
+Expert parallelism: `shard_experts` keeps a contiguous slice of the experts on each rank; routing stays global
+(the router is replicated), each rank adds its experts' contributions and an all-reduce sums them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from xdai.model.glm import GLMConfig
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """The tanh approximation GLM uses: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    return F.gelu(x, approximate="tanh")
+
+
+@dataclass
+class Routing:
+    experts: torch.Tensor  # [T, k] chosen expert per slot
+    weights: torch.Tensor  # [T, k] gate weight per slot (float32)
+    keep: torch.Tensor  # [T, k] False where the capacity limit dropped the assignment
+    dropped: torch.Tensor  # 0-dim long: number of dropped assignments
+    probs: torch.Tensor  # [T, E] router softmax (float32), for the load-balancing loss
+
+
+def expert_capacity(tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
+    return math.ceil(capacity_factor * tokens * top_k / num_experts)
+
+
+def route(router_logits: torch.Tensor, top_k: int, renormalize: bool = True,
+          capacity_factor: float | None = None) -> Routing:
+    probs = torch.softmax(router_logits.float(), dim=-1)
+    weights, experts = probs.topk(top_k, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    tokens, num_experts = probs.shape
+    if capacity_factor is None:
+        keep = torch.ones_like(experts, dtype=torch.bool)
+        return Routing(experts, weights, keep, torch.zeros((), dtype=torch.long, device=probs.device), probs)
+    capacity = expert_capacity(tokens, num_experts, top_k, capacity_factor)
+    slot_major = F.one_hot(experts.t().reshape(-1), num_experts)  # [k*T, E]
+    rank = (slot_major.cumsum(0) * slot_major).sum(-1) - 1  # place of each assignment in its expert's queue
+    keep = (rank < capacity).view(top_k, tokens).t()
+    return Routing(experts, weights, keep, (~keep).sum(), probs)
+
+
+def load_balancing_loss(probs: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+    """Switch/GShard auxiliary loss E * sum_e f_e * P_e: f_e the share of assignments routed to expert e,
+    P_e its mean router probability. 1.0 when perfectly balanced."""
+    num_experts = probs.shape[-1]
+    share = F.one_hot(experts.reshape(-1), num_experts).float().mean(0)
+    return num_experts * (share * probs.mean(0)).sum()
+
+
+def mix_experts(h: torch.Tensor, routing: Routing, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
+                b2: torch.Tensor | None, first_expert: int = 0) -> torch.Tensor:
+    """Sum over kept assignments of weight * expert(token), for the experts `first_expert..+len(w1)`."""
+    out = torch.zeros_like(h)
+    for local in range(w1.shape[0]):
+        token, slot = ((routing.experts == first_expert + local) & routing.keep).nonzero(as_tuple=True)
+        if token.numel() == 0:
+            continue
+        y = h[token] @ w1[local]
+        y = gelu(y + b1[local] if b1 is not None else y) @ w2[local]
+        if b2 is not None:
+            y = y + b2[local]
+        out.index_add_(0, token, y * routing.weights[token, slot, None].to(y.dtype))
+    return out
+
+
+class MoEMLP(nn.Module):
+    """Drop-in for the dense MLP of a GLM layer. After each forward: `dropped` (0-dim tensor) and, when
+    gradients are on, `aux_loss` (the load-balancing loss of this layer)."""
+
+    def __init__(self, cfg: GLMConfig, shared: nn.Module | None = None) -> None:
+        super().__init__()
+        e, d, f = cfg.num_experts, cfg.hidden_size, cfg.ffn_size
+        self.num_experts = e
+        self.top_k = cfg.moe_top_k
+        self.capacity_factor = cfg.moe_capacity_factor
+        self.renormalize = cfg.moe_renormalize
+        self.router = nn.Linear(d, e, bias=False)
+        self.w1 = nn.Parameter(torch.randn(e, d, f) * 0.02)
+        self.b1 = nn.Parameter(torch.zeros(e, f))
+        self.w2 = nn.Parameter(torch.randn(e, f, d) * 0.02)
+        self.b2 = nn.Parameter(torch.zeros(e, d))
+        self.shared = shared
+        self.first_expert = 0  # expert parallelism: index of w1[0] among all experts
+        self.ep_group: torch.distributed.ProcessGroup | None = None
+        self.aux_loss: torch.Tensor | None = None
+        self.dropped: torch.Tensor = torch.zeros((), dtype=torch.long)
+
+    def forward(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        shape = x.shape
+        h = x.reshape(-1, shape[-1])
+        logits = self.router(h)
+        if fused and self.ep_group is None:
+            import inference_kernels
+
+            out, self.dropped = inference_kernels.fused_moe(
+                h, logits, self.w1, self.w2, top_k=self.top_k, b1=self.b1, b2=self.b2,
+                renormalize=self.renormalize, activation="gelu", capacity_factor=self.capacity_factor)
+            self.aux_loss = None
+        else:
+            routing = route(logits, self.top_k, self.renormalize, self.capacity_factor)
+            out = mix_experts(h, routing, self.w1, self.b1, self.w2, self.b2, self.first_expert)
+            if self.ep_group is not None:
+                torch.distributed.all_reduce(out, group=self.ep_group)
+            self.dropped = routing.dropped
+            self.aux_loss = load_balancing_loss(routing.probs, routing.experts) if torch.is_grad_enabled() else None
+        if self.shared is not None:
+            out = out + self.shared(h)
+        return out.view(shape)
+
+
+def shard_experts(module: MoEMLP, ep_size: int, ep_rank: int, group: torch.distributed.ProcessGroup) -> None:
+    """Keep experts `ep_rank * E/ep_size ...` of `module` on this rank; outputs are summed over `group`."""
+    if module.num_experts % ep_size:
+        raise ValueError(f"num_experts {module.num_experts} is not divisible by ep_size {ep_size}")
+    per = module.num_experts // ep_size
+    lo = ep_rank * per
+    for name in ("w1", "b1", "w2", "b2"):
+        full = getattr(module, name)
+        setattr(module, name, nn.Parameter(full.data[lo:lo + per].clone(), requires_grad=full.requires_grad))
+    module.first_expert = lo
+    module.ep_group = group
+
+
+def upcycle_mlp(module: MoEMLP, dense: nn.Module) -> None:
+    """Copy a dense MLP (`dense_h_to_4h`, `dense_4h_to_h`) into every expert of `module`.
+
+    With renormalised gates the MoE output equals the dense output at initialisation. With a shared expert, the
+    shared expert takes the dense copy and the routed experts' output projections start at zero, so the sum is
+    still the dense output.
+    """
+    w1 = dense.dense_h_to_4h.weight.detach().t()
+    b1 = dense.dense_h_to_4h.bias.detach()
+    w2 = dense.dense_4h_to_h.weight.detach().t()
+    b2 = dense.dense_4h_to_h.bias.detach()
+    with torch.no_grad():
+        module.w1.copy_(w1.expand_as(module.w1))
+        module.b1.copy_(b1.expand_as(module.b1))
+        if module.shared is not None:
+            module.shared.load_state_dict(dense.state_dict())
+            module.w2.zero_()
+            module.b2.zero_()
+        else:
+            module.w2.copy_(w2.expand_as(module.w2))
+            module.b2.copy_(b2.expand_as(module.b2))
+
+
+def upcycle(dense_model, num_experts: int, top_k: int = 2, layers: list[int] | None = None,
+            capacity_factor: float | None = None, shared_expert: bool = False):
+    """A new MoE `GLMModel` from a dense one: the MLPs of `layers` (default: all) become MoE layers whose experts
+    are copies of the dense MLP (gates renormalised, so outputs are equal at initialisation without a capacity
+    limit); every other weight is copied as is. The router starts from its random initialisation."""
+    import dataclasses
+
+    from xdai.model.glm import GLMModel
+
+    cfg = dense_model.config
+    if cfg.moe_layers:
+        raise ValueError("upcycle expects a dense model (config.moe_layers is already set)")
+    layers = list(range(cfg.num_layers)) if layers is None else sorted(set(layers))
+    moe_cfg = dataclasses.replace(cfg, moe_layers=layers, num_experts=num_experts, moe_top_k=top_k,
+                                  moe_capacity_factor=capacity_factor, moe_renormalize=True,
+                                  moe_shared_expert=shared_expert, extra=dict(cfg.extra))
+    device = dense_model.word_embeddings.weight.device
+    dtype = dense_model.word_embeddings.weight.dtype
+    model = GLMModel(moe_cfg).to(device=device, dtype=dtype)
+    dense_state = {k: v for k, v in dense_model.state_dict().items() if ".mlp." not in k}
+    model.load_state_dict(dense_state, strict=False)
+    for i in range(cfg.num_layers):
+        source = dense_model.transformer.layers[i].mlp
+        target = model.transformer.layers[i].mlp
+        if i in layers:
+            upcycle_mlp(target, source)
+        else:
+            target.load_state_dict(source.state_dict())
+    model.tokenizer = dense_model.tokenizer
+    return model
