@@ -25,7 +25,11 @@ def reference(smollm2):
     """A second llama.cpp context on the same file with logits for every position: the direct computation."""
     import llama_cpp
 
-    return llama_cpp.Llama(model_path=str(smollm2.model_path), n_ctx=512, logits_all=True, verbose=False)
+    threads = smollm2.threads
+    return llama_cpp.Llama(
+        model_path=str(smollm2.model_path), n_ctx=512, logits_all=True, n_threads=threads, n_threads_batch=threads,
+        verbose=False,
+    )
 
 
 @pytest.fixture
