@@ -18,10 +18,7 @@ from knowledge.item import Hit
 
 
 class _Failure(click.ClickException):
-    """Exit 1 with "error: <file:line: what>"."""
-
-    def format_message(self) -> str:
-        return self.message
+    """Exit 1 with "Error: <file:line: what>"."""
 
 
 def _errors() -> tuple[type[BaseException], ...]:
@@ -91,7 +88,7 @@ def build(sources: tuple[str, ...], out: str, embedder: str, skip_bad: bool, gen
         report = Store.build([*sources, *([extra] if extra else [])], out, embedder=embedder, skip_bad=skip_bad,
                              progress=not quiet, config=config, embed_cache=False if no_cache else None)
     except _errors() as exc:
-        raise _Failure(f"error: {exc}") from None
+        raise _Failure(str(exc)) from None
     _print_skipped(report)
     if as_json:
         click.echo(json.dumps(report.to_dict(), ensure_ascii=False))
@@ -114,7 +111,7 @@ def add(store_dir: str, sources: tuple[str, ...], skip_bad: bool, generate_qa: b
         report = store.add([*sources, *([extra] if extra else [])], skip_bad=skip_bad, progress=not quiet,
                            embed_cache=False if no_cache else None)
     except _errors() as exc:
-        raise _Failure(f"error: {exc}") from None
+        raise _Failure(str(exc)) from None
     _print_skipped(report)
     if as_json:
         click.echo(json.dumps(report.to_dict(), ensure_ascii=False))
@@ -131,7 +128,7 @@ def stats(store_dir: str, as_json: bool) -> None:
     try:
         info = Store.open(store_dir).stats()
     except _errors() as exc:
-        raise _Failure(f"error: {exc}") from None
+        raise _Failure(str(exc)) from None
     if as_json:
         click.echo(json.dumps(info, ensure_ascii=False, indent=2))
         return
@@ -219,7 +216,7 @@ def query(store_dir: str, text: str | None, queries_file: str | None, context: t
             return
         queries = _read_queries(queries_file)
     except _errors() as exc:
-        raise _Failure(f"error: {exc}") from None
+        raise _Failure(str(exc)) from None
     start = time.perf_counter()
     out = sys.stdout
     with tqdm(total=len(queries), desc="query", unit="q", disable=quiet, file=sys.stderr) as bar:
