@@ -4,6 +4,7 @@ here; the Triton path of the same `fused_experts` call is covered by test_moe.py
 """
 
 import copy
+import functools
 import importlib
 
 import pytest
@@ -70,6 +71,13 @@ CASES = {
 
 
 def tiny_model(name: str) -> tuple[nn.Module, str]:
+    """A fresh copy of the tiny random model (built once per module: construction dominates these tests)."""
+    model, block_name = _built(name)
+    return copy.deepcopy(model), block_name
+
+
+@functools.cache
+def _built(name: str) -> tuple[nn.Module, str]:
     cls, config, block_name = CASES[name]
     torch.manual_seed(0)
     model = cls(copy.deepcopy(config)).eval()
