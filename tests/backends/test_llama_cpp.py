@@ -81,6 +81,7 @@ def direct_logprob(ref: llama_cpp.Llama, context: str, continuation: str) -> flo
         ("The capital of France is", " Paris."),  # a clean token boundary
         ("Hello wor", "ld, how are you?"),  # "world" is one token: it straddles the boundary
         ("User: What is the capital of France?\nAssistant:", " Paris is the capital.\nUser: Thanks!"),
+        ("User: Tell me about Paris.\nAssistant:", " Paris is the capital of France, on the Seine." * 8),  # > 64 rows
     ],
 )
 def test_score_equals_a_direct_computation(smollm2, reference, context, continuation):
@@ -108,7 +109,9 @@ def test_special_token_spellings_in_the_prompt_stay_text(smollm2):
     assert "<|im_end|>" in smollm2.llm.detokenize(ids).decode()
 
 
-async def test_overlong_prompts_are_fitted_not_fatal(settings, collect):
+async def test_empty_and_overlong_prompts_are_handled_not_fatal(smollm2, settings, collect):
+    empty = "".join(await collect(smollm2.fill(Infill(""), dataclasses.replace(settings, max_tokens=4))))
+    assert isinstance(empty, str)
     small = LlamaCppBackend("smollm2", n_ctx=256)
     prompt = "User: tell me more. " * 200 + "\nAssistant:"
     assert small.count_tokens(prompt) > 256

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 _LOADED: dict[tuple[str, int, int, int], tuple[llama_cpp.Llama, threading.Lock]] = {}
 _LOAD_LOCK = threading.Lock()
+MAX_ROWS = 64  # logits rows per scoring decode (each row is n_vocab floats: 0.6 MB for Qwen)
 
 
 def all_cores() -> int:
@@ -93,6 +94,10 @@ class LlamaCppBackend:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
 
+    def _separator(self) -> int:
+        """What an empty text is conditioned on: BOS, or EOS for models without one (Qwen)."""
+        return self.llm.token_bos() if self.llm.token_bos() >= 0 else self.llm.token_eos()
+
     # -- generation ------------------------------------------------------------------------------------------
 
     def fill(self, infill: Infill, settings: GenerationSettings) -> AsyncIterator[str]:
@@ -100,7 +105,7 @@ class LlamaCppBackend:
         return stream_in_thread(lambda emit, cancel: self._generate(infill.before, settings, emit, cancel))
 
     def _generate(self, prompt: str, settings: GenerationSettings, emit: Emit, cancel: threading.Event) -> None:
-        tokens = self._fit(self.tokenize(prompt), room=settings.max_tokens)
+        tokens = self._fit(self.tokenize(prompt) or [self._separator()], room=settings.max_tokens)
         with self._lock:
             if cancel.is_set():
                 return
@@ -153,8 +158,7 @@ class LlamaCppBackend:
         full = self.tokenize(context + continuation)
         start = continuation_start(self.tokenize(context), full)
         if start == 0:  # nothing to condition the first token on: use the model's document separator
-            sep = self.llm.token_bos() if self.llm.token_bos() >= 0 else self.llm.token_eos()
-            full, start = [sep, *full], 1
+            full, start = [self._separator(), *full], 1
         if len(full) > self.n_ctx:
             if len(full) - start >= self.n_ctx:
                 raise ValueError(
@@ -177,8 +181,11 @@ class LlamaCppBackend:
             keep = 0
         llm.n_tokens = keep
         n_vocab, total, last = llm.n_vocab(), 0.0, len(tokens) - 1
-        for begin in range(keep, len(tokens), self.n_batch):
-            chunk = tokens[begin : begin + self.n_batch]
+        begin = keep
+        while begin < len(tokens):
+            # at most MAX_ROWS rows of logits per decode: llama.cpp keeps an output buffer as large as the largest
+            end = min(begin + self.n_batch, len(tokens), max(begin, start - 1) + MAX_ROWS)
+            chunk = tokens[begin:end]
             batch.n_tokens = len(chunk)
             wanted = []
             for j, token in enumerate(chunk):
@@ -198,6 +205,6 @@ class LlamaCppBackend:
             for j in wanted:
                 row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, j), shape=(n_vocab,))
                 total += token_logprob(row, tokens[begin + j + 1])
-            llm.input_ids[begin : begin + len(chunk)] = chunk
-            llm.n_tokens = begin + len(chunk)
+            llm.input_ids[begin:end] = chunk
+            llm.n_tokens = begin = end
         return total
