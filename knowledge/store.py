@@ -115,7 +115,7 @@ class _QueryEncoder:
         return self.embedder.encode(list(texts), **kw)
 
 
-def _knowledge_config(config: Any) -> Any:
+def knowledge_settings(config: Any) -> Any:
     if config is None:
         from xdai.config import load_config
 
@@ -123,7 +123,7 @@ def _knowledge_config(config: Any) -> Any:
     return getattr(config, "knowledge", config)
 
 
-def _embedder_of(embedder: str | Embedder, config: Any) -> Embedder:
+def resolve_embedder(embedder: str | Embedder, config: Any) -> Embedder:
     if isinstance(embedder, str):
         if embedder == "default" and config is not None and getattr(config, "embedder", None) is not None:
             embedder = config.embedder.name
@@ -131,7 +131,7 @@ def _embedder_of(embedder: str | Embedder, config: Any) -> Embedder:
     return embedder
 
 
-def _with_cache(emb: Embedder, config: Any, embed_cache: bool | None) -> Embedder:
+def passage_embedder(emb: Embedder, config: Any, embed_cache: bool | None) -> Embedder:
     """The embedder a build encodes passages with: cached on disk unless turned off ($XDAI_EMBED_CACHE=0)."""
     if embed_cache is None:
         embed_cache = os.environ.get("XDAI_EMBED_CACHE", "1").strip().lower() not in ("0", "off", "false", "no")
@@ -318,7 +318,7 @@ class Store:
         self.path = path
         self.config = config
         self._by_id = {it.id: it for it in items}
-        k = _knowledge_config(config)
+        k = knowledge_settings(config)
         self.retriever = HybridRetriever(
             items, dense_index, bm25, _QueryEncoder(embedder),
             dense_weight=k.dense_weight, bm25_weight=k.bm25_weight, rrf_k=k.rrf_k,
@@ -345,10 +345,10 @@ class Store:
         config = config if config is not None else load_config()
         target = Path(out)
         _check_target(target)
-        emb = _embedder_of(embedder, config)
+        emb = resolve_embedder(embedder, config)
         start = time.perf_counter()
-        items, vectors, report, skipped, labels = _curated(
-            sources, _with_cache(emb, config, embed_cache), config, skip_bad=skip_bad, progress=progress
+        items, vectors, report, skipped, labels = curate_sources(
+            sources, passage_embedder(emb, config, embed_cache), config, skip_bad=skip_bad, progress=progress
         )
         store_path = _materialise(target, items, vectors, emb, config, labels, report, skipped, start, progress)
         manifest = json.loads((store_path / "manifest.json").read_text(encoding="utf-8"))
@@ -379,7 +379,7 @@ class Store:
                     raise StoreError(f"{file}: missing (listed in manifest.json)")
                 if _sha256(file) != digest:
                     raise StoreError(f"{file}: checksum mismatch with manifest.json; the store is damaged, rebuild it")
-        emb = _embedder_of(embedder or manifest["embedder"]["name"], None)
+        emb = resolve_embedder(embedder or manifest["embedder"]["name"], None)
         if emb.dim != manifest["embedder"]["dim"]:
             raise StoreError(f"{root}: built with {manifest['embedder']['name']} (dim {manifest['embedder']['dim']}), "
                              f"cannot query with {emb.name} (dim {emb.dim})")
@@ -393,9 +393,9 @@ class Store:
     @classmethod
     def from_items(cls, items: Iterable[Item], embedder: str | Embedder = "default", *, config: Any = None) -> Store:
         """An in-memory store (no directory): personas' inline knowledge. Items are curated like a build's."""
-        emb = _embedder_of(embedder, config)
+        emb = resolve_embedder(embedder, config)
         report = CurationReport()
-        k = _knowledge_config(config)
+        k = knowledge_settings(config)
         kept = clean(list(items), max_chars=k.max_item_chars, report=report)
         vectors = emb.encode([it.search_text for it in kept], progress=False)
         mask = _near_dup_mask(kept, vectors, emb.dim, k.near_duplicate_threshold, report)
@@ -413,8 +413,8 @@ class Store:
 
         config = self.config if self.config is not None else load_config()
         start = time.perf_counter()
-        new, new_vectors, report, skipped, labels = _curated(
-            sources, _with_cache(self.embedder, config, embed_cache), config, skip_bad=skip_bad, progress=progress,
+        new, new_vectors, report, skipped, labels = curate_sources(
+            sources, passage_embedder(self.embedder, config, embed_cache), config, skip_bad=skip_bad, progress=progress,
             existing=self,
         )
         items = self.items + new
@@ -492,7 +492,7 @@ def _source_label(source: Any) -> str:
     return f"<{type(source).__name__}>"
 
 
-def _curated(
+def curate_sources(
     sources: Sequence[Any], emb: Embedder, config: Any, *, skip_bad: bool, progress: bool,
     existing: Store | None = None,
 ) -> tuple[list[Item], np.ndarray, CurationReport, list[SourceError], list[str]]:

@@ -1,0 +1,82 @@
+"""ElasticStore against a real Elasticsearch 8.x/9.x named by $XDAI_ES_URL (skipped without one: no fake server).
+
+The analyzer choice and the index body are plain functions and are checked everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from knowledge.elastic import ElasticStore, choose_analyzer, index_body
+from knowledge.store import StoreError
+
+DATA = Path(__file__).parent / "data"
+ES_URL = os.environ.get("XDAI_ES_URL")
+needs_es = pytest.mark.skipif(not ES_URL, reason="no Elasticsearch server: set XDAI_ES_URL to run these against a real one")
+
+
+def test_analyzer_choice_prefers_plugins_then_cjk_bigrams():
+    assert choose_analyzer([]) == "cjk"
+    assert choose_analyzer(["analysis-ik"]) == "ik"
+    assert choose_analyzer(["analysis-ik", "analysis-smartcn"]) == "smartcn"
+    assert choose_analyzer([], "cjk") == "cjk"
+    with pytest.raises(StoreError, match="needs the Elasticsearch plugin analysis-smartcn"):
+        choose_analyzer([], "smartcn")
+
+
+def test_index_body_has_analysed_text_and_a_dense_vector():
+    body = index_body(384, "ik", {"format": "xdai-es/1"})
+    props = body["mappings"]["properties"]
+    assert props["vector"] == {"type": "dense_vector", "dims": 384, "index": True, "similarity": "dot_product"}
+    assert props["search_text"]["analyzer"] == "ik_max_word" and props["search_text"]["search_analyzer"] == "ik_smart"
+    assert props["kind"]["type"] == "keyword" and body["mappings"]["_meta"]["format"] == "xdai-es/1"
+
+
+@pytest.fixture()
+def alias():
+    name = f"xdai-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    try:
+        ElasticStore.open(name, url=ES_URL).drop()
+    except StoreError:
+        pass
+
+
+@needs_es
+@pytest.mark.es
+def test_build_query_add_and_alias_swap(alias, embedder, config):
+    report = ElasticStore.build([DATA / "qa.jsonl", DATA / "kb.json"], alias, url=ES_URL, embedder=embedder,
+                                progress=False, config=config)
+    assert report.items == 10
+    store = ElasticStore.open(alias, url=ES_URL, config=config)
+    first_index = store.manifest["index"]
+    assert store.manifest["analyzer"] in ("smartcn", "ik", "cjk")
+    (hit, *_) = store.query("谷爱凌是谁？", top_k=3)
+    assert hit.item.q == "谷爱凌是谁？" and hit.item.source_record == "line 1" and hit.why["bm25_rank"]
+    hits = store.query("那它的门票是怎么收费的？", context=["你去过天坛吗？", "去过。"], top_k=1)
+    assert (hits[0].item.entity, hits[0].item.predicate) == ("天坛", "门票")
+    assert {h.item.kind for h in store.query("故宫", kind="description", top_k=5)} == {"description"}
+    batch = store.query_batch([{"query": "谷爱凌是谁？"}, {"query": "景山公园门票"}], top_k=2)
+    assert [len(b) for b in batch] == [2, 2]
+
+    added = store.add([DATA / "qa.jsonl", DATA / "descriptions.jsonl"], progress=False)
+    assert added.added == 2 and added.curation.exact_duplicates == 3
+    assert store.manifest["index"] != first_index and store.stats()["items"] == 12
+    assert len(store.items) == 12 and store.item(store.items[0].id).id == store.items[0].id
+
+
+@needs_es
+@pytest.mark.es
+def test_failed_build_leaves_the_alias_in_place(alias, embedder, config, tmp_path):
+    ElasticStore.build([DATA / "qa.jsonl"], alias, url=ES_URL, embedder=embedder, progress=False, config=config)
+    before = ElasticStore.open(alias, url=ES_URL, config=config).manifest["index"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"q": "a?"}\n', encoding="utf-8")
+    with pytest.raises(Exception, match="bad.jsonl:line 1"):
+        ElasticStore.build([bad], alias, url=ES_URL, embedder=embedder, progress=False, config=config)
+    store = ElasticStore.open(alias, url=ES_URL, config=config)
+    assert store.manifest["index"] == before and store.stats()["items"] == 3
