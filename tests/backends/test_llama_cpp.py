@@ -58,6 +58,21 @@ async def test_stopping_early_cancels_generation_promptly(smollm2):
     assert smollm2.llm.n_tokens < len(smollm2.tokenize("Write a very long story about a dragon.\nStory:")) + 40
 
 
+async def test_cancelling_during_a_long_prompt_abandons_the_prefill(smollm2):
+    prompt = "User: tell me more about the history of Paris. " * 90 + "\nAssistant:"
+    n_prompt = smollm2.count_tokens(prompt)
+    assert 800 < n_prompt < 1000
+    stream = smollm2.fill(Infill(prompt), GenerationSettings(max_tokens=8, seed=1))
+    first = asyncio.ensure_future(stream.__anext__())
+    await asyncio.sleep(0.05)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await asyncio.to_thread(smollm2._lock.acquire, True, 10.0)
+    smollm2._lock.release()
+    assert smollm2.llm.n_tokens < n_prompt  # stopped between two prompt slices, not after the whole prompt
+
+
 def direct_logprob(ref: llama_cpp.Llama, context: str, continuation: str) -> float:
     """An independent computation: evaluate the whole text with llama.cpp's logits for every position, split
     context from continuation by byte offsets, and sum log-softmax rows read from `Llama.scores`."""

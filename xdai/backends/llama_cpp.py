@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 _LOADED: dict[tuple[str, int, int, int], tuple[llama_cpp.Llama, threading.Lock]] = {}
 _LOAD_LOCK = threading.Lock()
+PREFILL_SLICE = 128  # prompt tokens evaluated between two looks at the cancel flag
 MAX_ROWS = 64  # logits rows per scoring decode (each row is n_vocab floats: 0.6 MB for Qwen)
 
 
@@ -107,7 +108,7 @@ class LlamaCppBackend:
     def _generate(self, prompt: str, settings: GenerationSettings, emit: Emit, cancel: threading.Event) -> None:
         tokens = self._fit(self.tokenize(prompt) or [self._separator()], room=settings.max_tokens)
         with self._lock:
-            if cancel.is_set():
+            if not self._prefill(tokens, cancel):
                 return
             self.llm.set_seed(settings.seed if settings.seed is not None else random.randrange(2**32))
             tokens_out = self.llm.generate(
@@ -120,6 +121,18 @@ class LlamaCppBackend:
                 repeat_penalty=settings.repetition_penalty,
             )
             pump(self._texts(tokens_out, settings.max_tokens), settings.stop, emit, cancel)
+
+    def _prefill(self, tokens: list[int], cancel: threading.Event) -> bool:
+        """Evaluate the prompt in slices, checking `cancel` between them, so that a long prompt can be abandoned;
+        the KV cache's common prefix is reused. `generate()` then finds the prompt cached and samples at once."""
+        llm = self.llm
+        keep = min(continuation_start(llm.input_ids[: llm.n_tokens].tolist(), tokens), len(tokens) - 1)
+        llm.n_tokens = keep  # eval() drops the KV cache from here on
+        for begin in range(keep, len(tokens), PREFILL_SLICE):
+            if cancel.is_set():
+                return False
+            llm.eval(tokens[begin : begin + PREFILL_SLICE])
+        return not cancel.is_set()
 
     def _texts(self, tokens_out: Iterator[int], max_tokens: int) -> Iterator[str]:
         """Decode generated tokens to text pieces; UTF-8 sequences split across tokens are held until whole."""
