@@ -1,0 +1,188 @@
+"""The Agent: one turn with real stores and a real bundled model (SmolLM2 for speed, Qwen for the seed's case)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from knowledge.store import Store
+from xdai.cli import main
+from xdai.history import CachingEmbedder
+from xdai.persona import load_persona
+from xdai.turn import Agent, Delta, NamedStore, Reply, StoreNotFound, open_store
+
+ROBO = """\
+name: Robo
+language: en
+description: Robo is a friendly robot who answers every message in one short sentence.
+first_mes: Hello! I am Robo.
+conditions:
+  angry: Why are you so angry with me?
+knowledge:
+  qa:
+    - q: What is the capital of France?
+      a: Paris is the capital of France.
+selection:
+  budget_tokens: 400
+generation:
+  temperature: 0.7
+  max_tokens: 16
+  seed: 1
+"""
+
+
+@pytest.fixture()
+def robo(tmp_path):
+    path = tmp_path / "robo.yaml"
+    path.write_text(ROBO, encoding="utf-8")
+    return load_persona(path)
+
+
+def run(agent, history, utterance, **kw) -> list:
+    async def collect():
+        return [event async for event in agent.respond(history, utterance, **kw)]
+
+    return asyncio.run(collect())
+
+
+def test_respond_streams_deltas_then_exactly_one_reply(robo, smollm2):
+    agent = Agent(robo, backend=smollm2)
+    history = agent.new_history()
+    history.append("Hi Robo!", "Hello! I am Robo.")
+    events = run(agent, history, "Do you know the capital of France?")
+    assert isinstance(events[-1], Reply) and all(isinstance(e, Delta) for e in events[:-1])
+    reply = events[-1]
+    assert reply.text and reply.text == "".join(e.text for e in events[:-1]).strip()
+    assert reply.finish_reason in ("stop", "length")
+    assert reply.usage["prompt_tokens"] > 50 and reply.usage["completion_tokens"] >= 1
+    assert "\n" not in reply.text and "User:" not in reply.text  # trimmed to the bot's turn
+    assert any("Paris" in g["text"] for g in reply.grounding)  # the persona's inline QA, found and injected
+    assert reply.prompt.render().before.endswith("User: Do you know the capital of France?\nRobo:")
+    assert len(history) == 1  # the caller appends, not the agent
+
+
+def test_empty_and_huge_utterances_never_crash(robo, smollm2):
+    agent = Agent(robo, backend=smollm2)
+    for utterance in ("", "word " * 2000):
+        reply = run(agent, agent.new_history(), utterance)[-1]
+        assert reply.finish_reason in ("stop", "length"), reply.error
+        assert reply.prompt.tokens <= robo.selection.budget_tokens
+
+
+def test_cancel_ends_the_turn_as_cancelled(robo, smollm2):
+    agent = Agent(robo, backend=smollm2)
+    cancel = asyncio.Event()
+
+    async def collect():
+        events = []
+        async for event in agent.respond(agent.new_history(), "Tell me a long story about the sea.", cancel=cancel):
+            events.append(event)
+            cancel.set()
+        return events
+
+    events = asyncio.run(collect())
+    assert events[-1].finish_reason == "cancelled"
+    assert sum(isinstance(e, Reply) for e in events) == 1
+
+
+def test_conditions_named_free_and_unknown(robo):
+    agent = Agent(robo, backend=None)
+    history = agent.new_history()
+    prompt = agent.build_prompt(history, "You broke my vase.", condition="angry")
+    assert prompt.render().after == "\nUser: Why are you so angry with me?"
+    free = agent.build_prompt(history, "Hi", condition="text:That is so kind of you!")
+    assert free.render().after == "\nUser: That is so kind of you!"
+    with pytest.raises(ValueError, match="unknown condition 'sleepy'.*known: angry"):
+        agent.build_prompt(history, "Hi", condition="sleepy")
+
+
+class CountingFills:
+    """The real backend, with its fill calls counted (to see the reranker sample n candidates)."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.fills = inner, inner.name, 0
+        self.count_tokens = inner.count_tokens
+
+    def fill(self, infill, settings):
+        self.fills += 1
+        return self.inner.fill(infill, settings)
+
+    def score(self, context, continuation):
+        return self.inner.score(context, continuation)
+
+
+@pytest.mark.parametrize("inverse", [False, True], ids=["post-response", "inverse-prompting"])
+def test_rerankers_run_through_the_agent(robo, smollm2, inverse):
+    robo.generation.update({"rerank": 2, "inverse_prompting": inverse, "max_tokens": 12})
+    backend = CountingFills(smollm2)
+    agent = Agent(robo, backend=backend)
+    reply = run(agent, agent.new_history(), "I am upset about my exam.", condition="angry")[-1]
+    assert backend.fills == 2
+    assert reply.finish_reason == "stop" and reply.text
+
+
+def test_a_missing_store_is_a_clear_error(tmp_path):
+    path = tmp_path / "needs_store.yaml"
+    text = ROBO.replace("knowledge:\n", "knowledge:\n  stores: [no_such_store_here]\n")
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(StoreNotFound, match=rf"persona {re.escape(str(path))} names knowledge store 'no_such_store_here'"):
+        Agent.from_names(str(path), backend=None)
+
+
+def test_injection_from_a_real_store_and_one_encode_per_turn(gu_store, embedder):
+    class Counting:
+        def __init__(self, inner):
+            self.inner, self.name, self.dim, self.calls = inner, inner.name, inner.dim, 0
+
+        def encode(self, texts, **kw):
+            self.calls += 1
+            return self.inner.encode(texts, **kw)
+
+    counting = Counting(embedder.inner)
+    cached = CachingEmbedder(counting)
+    store = NamedStore(str(gu_store), Store.open(gu_store, embedder=cached))
+    agent = Agent(load_persona("xiaodai"), stores=[store], backend=None, embedder=cached)
+    counting.calls = 0  # the persona's inline store was embedded at construction
+    history = agent.new_history()
+    for user, bot in [("故宫门票多少钱呀？", "好像是六十元吧。"), ("你喜欢吃什么？", "我最喜欢火锅啦！")]:
+        agent.build_prompt(history, user)
+        history.append(user, bot)
+    prompt = agent.build_prompt(history, "谷爱凌好厉害呀")
+    assert counting.calls == 3  # one encode per turn: the utterance plus the exchange appended since
+    lines = prompt.render().before.split("\n")
+    at = lines.index("用户：谷爱凌好厉害呀")
+    assert lines[at - 2].startswith("用户：谷爱凌是谁")  # the QA pair, in QA form, right before the utterance
+    assert lines[at - 1].startswith("小呆：谷爱凌") and "2003年出生于美国加利福尼亚州旧金山市" in lines[at - 1]
+    gugong = lines.index("用户：故宫门票多少钱呀？")
+    assert lines[gugong - 2].startswith("用户：故宫的门票多少钱")  # the exchange's best QA pair, right before it
+    assert lines[gugong - 1].startswith("小呆：旺季60元")
+    why = next(p.why for p in prompt.parts if p.kind == "knowledge" and p.why["for"] == "utterance")
+    assert why["store"] == str(gu_store) and why["source_file"].endswith("gu.jsonl") and why["score"] >= 0.45
+
+
+def test_open_store_names_what_is_missing():
+    with pytest.raises(StoreNotFound, match="--knowledge names knowledge store 'nowhere/store'"):
+        open_store("nowhere/store")
+
+
+@pytest.mark.slow
+def test_done_when_the_default_bot_answers_grounded(gu_store, qwen):
+    """The seed's exchange: a store holding the 谷爱凌 QA pair, the default persona and the bundled Qwen model."""
+    agent = Agent(load_persona("xiaodai"), stores=[open_store(str(gu_store))], backend=qwen)
+    reply = run(agent, agent.new_history(), "谷爱凌好厉害呀")[-1]
+    assert reply.finish_reason == "stop", reply.error
+    facts = re.findall("2003|旧金山|加利福尼亚|自由式滑雪|滑雪运动员|运动员|美国", reply.text)
+    assert facts, f"reply not grounded: {reply.text!r}"
+    assert any("谷爱凌" in g["text"] and g["kind"] == "qa" for g in reply.grounding)
+    # ...and `xdai prompt --json` shows why.
+    result = CliRunner().invoke(main, ["prompt", "--knowledge", str(gu_store), "--json", "谷爱凌好厉害呀"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    knowledge = [p for p in data["parts"] if p["kind"] == "knowledge"]
+    assert knowledge and knowledge[0]["why"]["for"] == "utterance"
+    assert knowledge[0]["why"]["source_file"].endswith("gu.jsonl") and "谷爱凌" in knowledge[0]["text"]
+    assert data["infill"]["before"].endswith("用户：谷爱凌好厉害呀\n小呆：")
