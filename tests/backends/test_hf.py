@@ -63,6 +63,14 @@ async def test_stop_strings_trim_the_reply(tiny, collect):
     assert stopped == free[: free.index(stop)].rstrip()
 
 
+async def test_empty_and_overlong_prompts_are_handled(tiny, collect):
+    settings = GenerationSettings(seed=1, max_tokens=4)
+    assert isinstance("".join(await collect(tiny.fill(Infill(""), settings))), str)
+    assert tiny.count_tokens(PROMPT * 20) > tiny.n_ctx  # the tiny model's window is 128 positions
+    assert isinstance("".join(await collect(tiny.fill(Infill(PROMPT * 20), settings))), str)
+    assert tiny.score("", "Paris") < 0
+
+
 async def test_closing_the_stream_stops_generate(tiny):
     stream = tiny.fill(Infill(PROMPT), GenerationSettings(seed=1, max_tokens=100, temperature=1.0))
     await stream.__anext__()

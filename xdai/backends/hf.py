@@ -93,14 +93,18 @@ class HFBackend:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
 
+    def _separator(self) -> int:
+        bos = self.tokenizer.bos_token_id
+        return bos if bos is not None else self.tokenizer.eos_token_id
+
     def fill(self, infill: Infill, settings: GenerationSettings) -> AsyncIterator[str]:
         """Stream the continuation of `infill.before`, trimmed to the bot's turn."""
         return stream_in_thread(lambda emit, cancel: self._generate(infill.before, settings, emit, cancel))
 
     def _generate(self, prompt: str, settings: GenerationSettings, emit: Emit, cancel: threading.Event) -> None:
-        ids = self.tokenize(prompt)
-        if self.n_ctx and len(ids) + settings.max_tokens > self.n_ctx:
-            ids = ids[len(ids) - (self.n_ctx - settings.max_tokens) :]
+        ids = self.tokenize(prompt) or [self._separator()]
+        if self.n_ctx and len(ids) + settings.max_tokens > self.n_ctx:  # keep the most recent tokens
+            ids = ids[-max(self.n_ctx - settings.max_tokens, 1) :]
         input_ids = torch.tensor([ids], device=self._input_device)
         turn = TurnFilter(settings.stop)
         sampling: dict[str, Any] = {"do_sample": settings.temperature > 0}
@@ -130,9 +134,8 @@ class HFBackend:
             return 0.0
         full = self.tokenize(context + continuation)
         start = continuation_start(self.tokenize(context), full)
-        if start == 0:
-            sep = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
-            full, start = [sep, *full], 1
+        if start == 0:  # nothing to condition the first token on: use the model's document separator
+            full, start = [self._separator(), *full], 1
         input_ids = torch.tensor([full], device=self._input_device)
         with self._lock, torch.inference_mode():
             logits = self.lm(input_ids=input_ids).logits[0, start - 1 : -1].float()
