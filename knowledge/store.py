@@ -40,7 +40,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from knowledge.bm25 import BM25Index, default_tokenizer_spec
-from knowledge.curate import CurationReport, clean, near_duplicates
+from knowledge.curate import CurationReport, clean, item_id, near_duplicates
 from knowledge.embed import CachedEmbedder, Embedder, get_embedder
 from knowledge.item import Hit, Item
 from knowledge.retrieve import HybridRetriever
@@ -350,7 +350,7 @@ class Store:
         items, vectors, report, skipped, labels = curate_sources(
             sources, passage_embedder(emb, config, embed_cache), config, skip_bad=skip_bad, progress=progress
         )
-        store_path = _materialise(target, items, vectors, emb, config, labels, report, skipped, start, progress)
+        store_path = _materialise(target, items, vectors, emb, labels, report, skipped, start, progress)
         manifest = json.loads((store_path / "manifest.json").read_text(encoding="utf-8"))
         return _report_from(manifest, len(items), report, skipped, time.perf_counter() - start, str(target))
 
@@ -406,6 +406,27 @@ class Store:
         manifest = _manifest(kept, emb, dense_info, spec, [], report, [], 0.0)
         return cls(kept, dense, bm25, emb, manifest, config=config)
 
+    @classmethod
+    def from_vectors(cls, items: list[Item], vectors: np.ndarray, out: str | Path, *,
+                     embedder: str | Embedder = "default", config: Any = None, progress: bool = True) -> Store:
+        """Write a store from items whose embeddings were computed elsewhere (a pipeline, a benchmark).
+
+        No curation: items keep their order; missing ids become content hashes; duplicate ids are an error."""
+        emb = resolve_embedder(embedder, config)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(items), emb.dim):
+            raise StoreError(f"{len(items)} items need vectors of shape ({len(items)}, {emb.dim}), got {vectors.shape}")
+        for it in items:
+            it.id = it.id or item_id(it)
+        dup = next((i for i, n in Counter(it.id for it in items).items() if n > 1), None)
+        if dup is not None:
+            raise StoreError(f"item id {dup!r} occurs more than once")
+        target = Path(out)
+        _check_target(target)
+        _materialise(target, items, vectors, emb, ["<vectors>"],
+                     CurationReport(read=len(items), kept=len(items)), [], time.perf_counter(), progress)
+        return cls.open(target, embedder=emb, config=config, verify=False)
+
     def add(self, sources: Sequence[str | Path | Any], *, skip_bad: bool = False, progress: bool = True,
             embed_cache: bool | None = None) -> BuildReport:
         """Curate and index new sources into this store (deduplicated against it); on disk, atomically."""
@@ -429,7 +450,7 @@ class Store:
                 self.__init__(items, dense, bm25, self.embedder, manifest, config=self.config)
             return _report_from(self.manifest, len(new), report, skipped, time.perf_counter() - start, None, "added to")
         if new:
-            _materialise(self.path, items, vectors, self.embedder, config, old_sources + labels, report, skipped,
+            _materialise(self.path, items, vectors, self.embedder, old_sources + labels, report, skipped,
                          start, progress)
             fresh = Store.open(self.path, embedder=self.embedder, config=self.config, verify=False)
             self.__init__(fresh.items, fresh.dense_index, fresh.bm25, self.embedder, fresh.manifest, path=self.path,
@@ -547,7 +568,7 @@ def _manifest(items: list[Item], emb: Embedder, dense_info: dict[str, Any], spec
     }
 
 
-def _materialise(target: Path, items: list[Item], vectors: np.ndarray, emb: Embedder, config: Any,
+def _materialise(target: Path, items: list[Item], vectors: np.ndarray, emb: Embedder,
                  sources: list[str], report: CurationReport, skipped: list[SourceError], start: float,
                  progress: bool) -> Path:
     """Write a whole store into a temp dir beside `target`, then swap it in. On any failure: nothing changes."""
