@@ -112,10 +112,10 @@ def infilling_loss(model: GLMModel, batch: InfillBatch) -> tuple[torch.Tensor, d
     out = model(batch.input_ids, batch.position_ids, batch.sep)
     ce = F.cross_entropy(out.logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=IGNORE)
     loss = ce
-    stats = {"ce": float(ce), "moe_dropped": int(out.moe_dropped)}
+    stats = {"ce": float(ce.detach()), "moe_dropped": int(out.moe_dropped)}
     if out.moe_aux_loss is not None:
         loss = loss + model.config.moe_aux_loss_coef * out.moe_aux_loss
-        stats["moe_aux"] = float(out.moe_aux_loss)
+        stats["moe_aux"] = float(out.moe_aux_loss.detach())
     return loss, stats
 
 
