@@ -203,3 +203,35 @@ async def test_session_open_errors(running: Running) -> None:
     assert err.value.code == "session_already_open"
     assert (await c.ping())["type"] == "pong"
     await c.close()
+
+
+async def test_two_replicas_share_sessions_through_redis(tmp_path: Path, agent: Any, bot_specs: Any,
+                                                         redis_url: str) -> None:
+    from xdai.service.sessions import RedisSessionStore
+
+    prefix = f"replicas-{tmp_path.name}"
+    a = await start_server(tmp_path / "a", {"smol": agent}, bot_specs, RedisSessionStore(redis_url, prefix=prefix),
+                           instance_id="replica-a")
+    b = await start_server(tmp_path / "b", {"smol": agent}, bot_specs, RedisSessionStore(redis_url, prefix=prefix),
+                           instance_id="replica-b")
+    try:
+        c = await a.opened()
+        first = await c.chat("Hello from replica A", id="a1")
+        seen = c.last_seq
+        await c.close()
+        # the load balancer sends the reconnect to the other replica: same session, same history, seq goes on
+        c2 = await b.client()
+        c2.last_seq = seen
+        opened = await c2.open("smol", session_id=c.session_id, resume_from_seq=seen)
+        assert opened["resumed"] and opened["last_seq"] == seen and opened["greeting"] == c.greeting
+        assert len(b.server.hub.sessions[c.session_id].history) == 1
+        retry = await c2.chat("Hello from replica A", id="a1", timeout=30)  # the id is known on B too
+        assert retry.frames[0]["duplicate"] is True
+        second = await c2.chat("And now replica B")
+        assert second.frames[0]["seq"] > seen and second.end["finish_reason"] in ("stop", "length")
+        stored = RedisSessionStore(redis_url, prefix=prefix).messages(c.session_id)
+        assert [m["text"] for m in stored if m["role"] == "bot"] == [first.end["text"], second.end["text"]]
+        await c2.close()
+    finally:
+        await a.server.shutdown()
+        await b.server.shutdown()

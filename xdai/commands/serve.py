@@ -53,6 +53,9 @@ def serve(config_path: str | None, host: str | None, port: int | None, bots: tup
                    f"{time.monotonic() - started:.1f}s)", err=True)
     store = open_store(server_cfg.session_store, sqlite_path=server_cfg.sqlite_path, redis_url=server_cfg.redis_url,
                        synchronous=server_cfg.sqlite_synchronous)
+    # Generation threads run Python between tokens; a short GIL switch interval keeps the event loop (acks,
+    # delta forwarding) responsive while they do. Throughput is bound by the model, not by switching.
+    sys.setswitchinterval(0.001)
     asyncio.run(_serve(XdaiServer(server_cfg, declared, agents, store)))
 
 
