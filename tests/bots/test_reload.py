@@ -123,3 +123,24 @@ async def test_new_sessions_of_a_running_server_get_the_edit(tmp_path: Path, sto
         assert (await greeting()).startswith("各位老师好！")  # the previous version keeps serving
     finally:
         await server.shutdown()
+
+
+def test_a_shared_persona_in_personas_dir_reloads_every_bot_using_it(tmp_path: Path, stores_dir: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    personas = tmp_path / "personas"
+    personas.mkdir()
+    shutil.copy(BOTS_DIR.parent / "personas" / "wukong.yaml", personas / "wukong.yaml")
+    monkeypatch.setenv("XDAI_PATHS_PERSONAS_DIR", str(personas))  # `persona: wukong` now means this file
+    bots_dir = tmp_path / "bots"
+    copy_bot("wukong", bots_dir)
+    specs = load_bots(bots_dir)
+    agents = {"wukong": build_bot(small(specs["wukong"]), stores_dir)}
+    reloader = Reloader(bots_dir, specs, agents, stores_dir)
+    assert personas / "wukong.yaml" in reloader.watched_files("wukong")
+
+    edit(personas / "wukong.yaml", "first_mes: 嘿！", "first_mes: 呔！")
+    assert reloader.check().reloaded == ["wukong"]
+    assert agents["wukong"].greeting().startswith("呔！俺老孙在这儿呢")
+    edit(personas / "wukong.yaml", "mes_example:", "mes_example: [")
+    failed = reloader.check().failed["wukong"]
+    assert f"{personas / 'wukong.yaml'}:" in failed and agents["wukong"].greeting().startswith("呔！")
