@@ -378,18 +378,24 @@ class FlowAgent:
         if session is not None and session.ticker is not None:
             session.ticker.cancel()
 
-    def tick(self, session: FlowSession) -> list[FlowEvent]:
-        """Fire every due timer of `session` (on_timer), returning the events the hooks emitted."""
-        with session.lock:
+    def tick(self, session: FlowSession, *, wait: bool = True) -> list[FlowEvent]:
+        """Fire every due timer of `session` (on_timer), returning the events the hooks emitted. With
+        ``wait=False`` (the server's timer task) a session whose hook is running in a turn is left for the next
+        tick instead of blocking the event loop."""
+        if not session.lock.acquire(blocking=wait):
+            return []
+        try:
             ctx = FlowContext(self, session)
             self._fire_due(ctx)
             return ctx.events
+        finally:
+            session.lock.release()
 
     async def _tick_forever(self, session: FlowSession) -> None:
         while not session.ended and time.monotonic() - session.touched < IDLE_STOP_S:
             await asyncio.sleep(TICK_S)
             if session.timers and session.emit is not None:
-                for event in self.tick(session):
+                for event in self.tick(session, wait=False):
                     session.emit(event.name, event.data)
 
     def _fire_due(self, ctx: FlowContext) -> None:
