@@ -29,7 +29,7 @@ class FrontDesk(Flow):
             ctx.emit("handoff", {"offer": False, "accepted": True, "reason": "asked", "contact": CONTACT,
                                  "transcript": [{"user": e.user, "bot": e.bot} for e in ctx.history.exchanges]})
             return
-        if len(text) <= 6 and any(text.startswith(word) for word in SMALL_TALK):
+        if not text or (len(text) <= 6 and any(text.startswith(word) for word in SMALL_TALK)):
             return
         best = ctx.search(text, k=1)
         if not best or best[0].score < KNOWN_THRESHOLD:
