@@ -54,7 +54,7 @@ def generate_qa(descriptions: list[Item], backend: Any, *, progress: bool = Fals
         a = _complete(backend, prompts["answer"].format(q=q, **fields), max_tokens)
         if not a:
             continue
-        out.append(replace(item, id="", kind="qa", text=f"{q}\n{a}", q=q, a=a, tags=[*item.tags, GENERATED_TAG],
+        out.append(replace(item, id="", kind="qa", text=f"{q}\n{a}", q=q, a=a, tags=[*item.tags, GENERATED_TAG], lang=lang_of(f"{q}\n{a}"),
                            source_record=f"{item.source_record} (generated QA)"))
     return out
 
