@@ -83,7 +83,7 @@ class HybridRetriever:
         tags: Sequence[str] | None = None,
     ) -> list[Hit]:
         """The ``top_k`` items for ``query``; ``context`` is the dialogue before it, oldest first."""
-        return self.search_batch([{"query": query, "context": list(context or [])}], top_k=top_k, kind=kind, tags=tags)[0]
+        return self.search_batch([{"query": query, "context": context}], top_k=top_k, kind=kind, tags=tags)[0]
 
     def search_batch(
         self,
@@ -97,6 +97,8 @@ class HybridRetriever:
         if not self.items:
             return [[] for _ in queries]
         allowed = self.filter_mask(kind, tags)
+        for n, q in enumerate(queries, start=1):
+            _check_query(n, q)
         resolved = [self.tracker.resolve(q["query"], q.get("context")) for q in queries]
         texts = [r.query for r in resolved]
         n_cand = max(self.candidates, top_k)
@@ -166,6 +168,7 @@ class HybridRetriever:
         return [(d, fused.get(d, 0.0)) for d in order]
 
     def _item_vectors(self, ids: list[int]) -> np.ndarray:
+        """The entity's item vectors, read back from the index (flat and HNSW indexes, CPU or GPU, keep them)."""
         return np.asarray(self.dense_index.reconstruct_batch(np.asarray(ids, dtype=np.int64)), dtype=np.float32)
 
     def _hits(self, lists: list[tuple[float, Ranked]], top_k: int, res: Resolution) -> list[Hit]:
@@ -185,3 +188,12 @@ class HybridRetriever:
             why["query"] = res.query
             hits.append(Hit(self.items[doc], fused[doc], why))
         return hits
+
+
+def _check_query(n: int, query: dict) -> None:
+    """A batch entry must be ``{"query": str, "context": [str, ...]}`` (context optional); say which one is not."""
+    if not isinstance(query, dict) or not isinstance(query.get("query"), str):
+        raise ValueError(f"query {n}: expected {{\"query\": str, \"context\": [str, ...]}}, got {str(query)[:80]}")
+    context = query.get("context")
+    if context is not None and not (isinstance(context, (list, tuple)) and all(isinstance(m, str) for m in context)):
+        raise ValueError(f"query {n}: 'context' must be a list of strings (the dialogue before it, oldest first)")

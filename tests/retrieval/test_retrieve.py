@@ -113,3 +113,12 @@ def test_misaligned_indexes_are_refused(parts):
                         embedder)
     with pytest.raises(ValueError, match="BM25 index holds"):
         HybridRetriever(items[:-1], None, bm25, None, dense_weight=0.0)
+
+
+def test_malformed_batch_entries_are_named(parts):
+    items, _, bm25, _ = parts
+    retriever = HybridRetriever(items, None, bm25, None, dense_weight=0.0)
+    with pytest.raises(ValueError, match="query 2: expected"):
+        retriever.search_batch([{"query": "故宫"}, {"text": "天坛"}])
+    with pytest.raises(ValueError, match="query 1: 'context' must be a list"):
+        retriever.search("门票多少钱？", context="你知道故宫吗？")
