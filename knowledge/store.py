@@ -153,8 +153,13 @@ def _to_device(index: Any) -> Any:
         return index
 
 
+def _on_gpu(index: Any) -> bool:
+    name = type(index).__name__
+    return name.startswith("Gpu") or name in ("IndexReplicas", "IndexShards")  # one GPU, or several
+
+
 def _to_cpu(index: Any) -> Any:
-    return faiss.index_gpu_to_cpu(index) if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__ else index
+    return faiss.index_gpu_to_cpu(index) if _on_gpu(index) and hasattr(faiss, "index_gpu_to_cpu") else index
 
 
 def build_dense_index(vectors: np.ndarray, dim: int) -> tuple[Any, dict[str, Any]]:
@@ -172,7 +177,7 @@ def build_dense_index(vectors: np.ndarray, dim: int) -> tuple[Any, dict[str, Any
     index = _to_device(index)
     if n:
         index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    info["device"] = "gpu" if "Gpu" in type(index).__name__ else "cpu"
+    info["device"] = "gpu" if _on_gpu(index) else "cpu"
     return index, info
 
 
