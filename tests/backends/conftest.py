@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# As xdai.backends.llama_cpp does on import: test modules import llama_cpp directly, possibly first, and
+# libgomp reads its wait policy once, when it loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from xdai.backends.base import GenerationSettings
 
