@@ -226,9 +226,12 @@ class MLP(nn.Module):
         return self.dense_4h_to_h(h)
 
 
-class GLMBlock(nn.Module):
-    """Pre-LN transformer layer. The class name matters: DeepSpeed AutoTP splits `query_key_value` of a
-    `GLMBlock` as three stacked q/k/v blocks."""
+class InfillingDecoderLayer(nn.Module):
+    """Pre-LN transformer layer (`GLMBlock`).
+
+    The class names matter to DeepSpeed AutoTP, which picks layouts by matching class names in the model's repr:
+    "...DecoderLayer" makes it split `query_key_value` as three stacked q/k/v blocks (as THUDM stores them),
+    while any "GLM" in the repr would make it treat `dense_h_to_4h` as ChatGLM's packed gate/up projection."""
 
     fused: bool = False
 
@@ -259,7 +262,7 @@ class GLMBlock(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x), fused=False)
 
 
-class GLMTransformer(nn.Module):
+class InfillingTransformer(nn.Module):
     def __init__(self, cfg: GLMConfig) -> None:
         super().__init__()
         positions = cfg.max_sequence_length + (1 if cfg.block_position_encoding else 0)
@@ -267,7 +270,7 @@ class GLMTransformer(nn.Module):
         if cfg.block_position_encoding:
             self.block_position_embeddings = nn.Embedding(positions, cfg.hidden_size)
         moe = set(cfg.moe_layers)
-        self.layers = nn.ModuleList(GLMBlock(cfg, moe=i in moe) for i in range(cfg.num_layers))
+        self.layers = nn.ModuleList(InfillingDecoderLayer(cfg, moe=i in moe) for i in range(cfg.num_layers))
         self.final_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_epsilon)
 
 
@@ -284,9 +287,12 @@ class GLMModel(nn.Module):
         super().__init__()
         self.config = config
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.transformer = GLMTransformer(config)
+        self.transformer = InfillingTransformer(config)
         self.tokenizer: Any = None  # set by load_model when the directory has one
         self.apply(self._init_weights)
+
+    def _get_name(self) -> str:
+        return "InfillingLM"  # the repr name; see InfillingDecoderLayer for why it avoids "GLM"
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -301,7 +307,9 @@ class GLMModel(nn.Module):
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         cfg = self.config
         p = self.word_embeddings.weight
-        return KVCache(cfg.num_layers, batch, cfg.num_attention_heads, max_len, cfg.head_dim, p.device, p.dtype)
+        qkv = self.transformer.layers[0].attention.query_key_value.weight
+        heads = qkv.shape[0] // (3 * cfg.head_dim)  # this rank's heads under tensor parallelism
+        return KVCache(cfg.num_layers, batch, heads, max_len, cfg.head_dim, p.device, p.dtype)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, cache: KVCache | None = None) -> GLMOutput:
@@ -361,6 +369,9 @@ class GLMModel(nn.Module):
             "moe_aux_loss": torch.stack(losses).sum() if losses else None,
             "moe_dropped": torch.stack([torch.as_tensor(m.dropped) for m in moe]).sum(),
         }
+
+
+GLMBlock = InfillingDecoderLayer
 
 
 def parameter_count(cfg: GLMConfig) -> int:

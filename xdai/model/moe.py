@@ -83,6 +83,18 @@ def mix_experts(h: torch.Tensor, routing: Routing, w1: torch.Tensor, b1: torch.T
     return out
 
 
+class Router(nn.Module):
+    """Token -> expert logits. Not an `nn.Linear` on purpose: tensor-parallel rewriters (DeepSpeed AutoTP) shard
+    every Linear of a layer, and every rank needs all E logits."""
+
+    def __init__(self, hidden: int, num_experts: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_experts, hidden) * 0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
 class MoEMLP(nn.Module):
     """Drop-in for the dense MLP of a GLM layer. After each forward: `dropped` (0-dim tensor) and, when
     gradients are on, `aux_loss` (the load-balancing loss of this layer)."""
@@ -94,7 +106,7 @@ class MoEMLP(nn.Module):
         self.top_k = cfg.moe_top_k
         self.capacity_factor = cfg.moe_capacity_factor
         self.renormalize = cfg.moe_renormalize
-        self.router = nn.Linear(d, e, bias=False)
+        self.router = Router(d, e)
         self.w1 = nn.Parameter(torch.randn(e, d, f) * 0.02)
         self.b1 = nn.Parameter(torch.zeros(e, f))
         self.w2 = nn.Parameter(torch.randn(e, f, d) * 0.02)

@@ -1,9 +1,9 @@
 """Tensor and expert parallelism through DeepSpeed-Inference.
 
 `init_inference` wraps a `GLMModel` with `deepspeed.init_inference`: tensor parallelism (`tp_size`) shards the
-attention and MLP Linears of every `GLMBlock` (AutoTP with an explicit policy naming the row-parallel Linears,
-whose outputs are all-reduced; `query_key_value` is split as three q/k/v blocks because the block class is
-named `GLMBlock`). DeepSpeed's own expert groups only know `deepspeed.moe.layer.MoE`, so experts of our
+attention and MLP Linears of every layer (AutoTP with an explicit policy naming the row-parallel Linears,
+whose outputs are all-reduced; `query_key_value` is split as three q/k/v blocks, see `InfillingDecoderLayer`
+for the class names AutoTP keys on). DeepSpeed's own expert groups only know `deepspeed.moe.layer.MoE`, so experts of our
 `MoEMLP` layers are sharded here over `ep_size` ranks (contiguous groups of ranks) and their outputs summed.
 
 Launch across GPUs with `deepspeed --num_gpus N --no_local_rank -m xdai model generate DIR ... --tp-size N`.
@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from xdai.model.glm import GLMBlock, GLMModel
+from xdai.model.glm import GLMModel, InfillingDecoderLayer
 from xdai.model.moe import MoEMLP, shard_experts
 
 # Linears whose outputs are partial sums under tensor parallelism (row-parallel: all-reduced by DeepSpeed).
-ROW_PARALLEL_LINEARS = ("attention.dense", "mlp.dense_4h_to_h")
+ROW_PARALLEL_LINEARS = ("attention.dense", "mlp.dense_4h_to_h", "shared.dense_4h_to_h")
 
 
 def _free_port() -> int:
@@ -42,6 +42,9 @@ def init_distributed() -> tuple[int, int]:
             os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
                                "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"),
                                "MASTER_PORT": os.environ.get("MASTER_PORT", str(_free_port()))})
+        # DeepSpeed's CPU shared-memory all-reduce reads LOCAL_SIZE (its launcher sets it; torchrun does not).
+        if "LOCAL_SIZE" not in os.environ:
+            os.environ["LOCAL_SIZE"] = os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -82,7 +85,9 @@ def init_inference(model: GLMModel, tp_size: int = 1, ep_size: int = 1, dtype: t
         "replace_with_kernel_inject": False,
     }
     if tp_size > 1:
-        options["injection_policy"] = {GLMBlock: ROW_PARALLEL_LINEARS}
+        names = [n for n, _ in model.named_modules()]
+        row_parallel = tuple(p for p in ROW_PARALLEL_LINEARS if any(n.endswith(p) for n in names))
+        options["injection_policy"] = {InfillingDecoderLayer: row_parallel}
     if cfg.moe_layers:
         options["moe"] = {"enabled": True, "ep_size": ep_size, "moe_experts": [cfg.num_experts]}
     options.update(kwargs)
