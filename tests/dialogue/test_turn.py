@@ -181,7 +181,7 @@ def test_done_when_the_default_bot_answers_grounded(gu_store, qwen):
     # ...and `xdai prompt --json` shows why.
     result = CliRunner().invoke(main, ["prompt", "--knowledge", str(gu_store), "--json", "谷爱凌好厉害呀"])
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     knowledge = [p for p in data["parts"] if p["kind"] == "knowledge"]
     assert knowledge and knowledge[0]["why"]["for"] == "utterance"
     assert knowledge[0]["why"]["source_file"].endswith("gu.jsonl") and "谷爱凌" in knowledge[0]["text"]
