@@ -206,3 +206,32 @@ def test_seeded_sampling_is_reproducible_and_streams_one_token_per_step():
     assert a == b
     assert all(len(step) == 3 for step in a)
     assert all(t is None or t < SPECIAL.vocab_limit for step in a for t in step)
+
+
+def test_fused_blocks_equal_the_plain_path(monkeypatch):
+    """`inference_kernels.inject` sets `fused` on every block; with the kernels' dispatch (PyTorch references
+    on CPU) the logits equal the plain path, for a prefill into the KV cache and a cached decode step."""
+    import copy
+
+    import inference_kernels
+    import xdai.model.glm as glm
+
+    plain = tiny_model(moe_layers=[1], num_experts=4, moe_top_k=2, moe_capacity_factor=0.75)
+    with torch.no_grad():
+        for name, p in plain.named_parameters():
+            if name.endswith(("bias", ".b1", ".b2")):
+                p.normal_(0, 0.1)
+    fused = copy.deepcopy(plain)
+    report = inference_kernels.inject(fused)
+    assert len(report.fused_flags) == 2 and all(layer.fused for layer in fused.transformer.layers)
+    ids = torch.randint(0, 150, (2, 9))
+    sep = torch.tensor([4, 9])
+    caches = [plain.new_cache(2, 12), fused.new_cache(2, 12)]
+    with torch.no_grad():
+        for step, mask in ((ids, sep), (ids[:, :1], None)):
+            monkeypatch.setattr(glm, "_kernels_on", lambda x: False)
+            expected = plain(step, None, mask, cache=caches[0])
+            monkeypatch.setattr(glm, "_kernels_on", lambda x: True)  # as on CUDA
+            got = fused(step, None, mask, cache=caches[1])
+            torch.testing.assert_close(got.logits, expected.logits, rtol=1e-4, atol=1e-5)
+            assert int(got.moe_dropped) == int(expected.moe_dropped)
