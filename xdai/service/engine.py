@@ -135,10 +135,20 @@ class GenerationPool:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        for loop in self.loops:
+        for loop in self.loops:  # end turns still running there, then the loop itself
+            done = asyncio.run_coroutine_threadsafe(_cancel_all(), loop)
+            await asyncio.wrap_future(done)
             loop.call_soon_threadsafe(loop.stop)
         for thread in self.threads:
             thread.join(timeout=5)
+
+
+async def _cancel_all() -> None:
+    """On a worker's loop: cancel every other task and wait for them to unwind."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 # --------------------------------------------------------------------------------------------------- sessions
@@ -149,7 +159,9 @@ class Turn:
     text: str
     received: float  # perf_counter when the message arrived
     job: Job | None = None
+    task: asyncio.Task[None] | None = None
     reason: str | None = None  # set when the server ends the turn itself ("interrupted" at shutdown)
+    finished: bool = False  # response.end written (exactly once)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -341,7 +353,7 @@ class Hub:
             s.turn = None
             self.pool.release()
             raise
-        asyncio.create_task(self._run_turn(s, turn, condition))
+        turn.task = asyncio.create_task(self._run_turn(s, turn, condition))
 
     async def _run_turn(self, s: LiveSession, turn: Turn, condition: str | None) -> None:
         loop = asyncio.get_running_loop()
@@ -382,13 +394,17 @@ class Hub:
     async def _finish(self, s: LiveSession, turn: Turn, reply: Any, exc: BaseException | None,
                       first: float | None) -> None:
         """Write the reply and its frames, then send ``response.end`` (and an ``error`` when it failed)."""
+        if turn.finished:
+            return
+        turn.finished = True
         now = time.perf_counter()
         if reply is not None:
             reason, error = reply.finish_reason, getattr(reply, "error", None)
             text, usage, grounding = reply.text, dict(reply.usage), list(reply.grounding)
             suggestions = list(getattr(reply, "suggestions", []) or [])
         else:
-            reason, error, text, usage, grounding, suggestions = "error", f"{type(exc).__name__}: {exc}", "", {}, [], []
+            error = f"{type(exc).__name__}: {exc}" if exc is not None else None
+            reason, text, usage, grounding, suggestions = "error", "", {}, [], []
         if turn.reason is not None:
             reason = turn.reason
         status = {"stop": "complete", "length": "complete", "cancelled": "cancelled", "error": "error",
@@ -439,6 +455,12 @@ class Hub:
                 t.job.cancel()
         if late:
             await asyncio.wait([asyncio.create_task(t.done.wait()) for t in late], timeout=max(grace_s, 5.0))
+        owners = {id(s.turn): s for s in self.sessions.values() if s.turn is not None}
+        for t in late:  # still generating (a long prompt evaluation, say): end them here
+            if not t.done.is_set() and id(t) in owners:
+                await self._finish(owners[id(t)], t, None, None, None)
+                if t.task is not None:
+                    t.task.cancel()
         return len(late)
 
     def close(self) -> None:

@@ -175,9 +175,10 @@ class SQLiteSessionStore:
                        "WHERE session_id = ? AND role = 'bot' AND id = ?",
                        (text, status, finish_reason, _dump(usage), _dump(grounding), session_id, response_id))
             self._log(db, session_id, frames)
-            if frames:
-                db.execute("DELETE FROM frames WHERE session_id = ? AND seq <= ?",
-                           (session_id, max(f["seq"] for f in frames) - RESUME_WINDOW))
+            if frames:  # release the unused part of the reserved seq window; trim the resume log
+                top = max(f["seq"] for f in frames)
+                db.execute("UPDATE sessions SET seq_reserved = ? WHERE session_id = ?", (top, session_id))
+                db.execute("DELETE FROM frames WHERE session_id = ? AND seq <= ?", (session_id, top - RESUME_WINDOW))
 
         self._tx(tx)
 
@@ -318,8 +319,10 @@ class RedisSessionStore:
         self._update_reply(pipe, session_id, response_id, text=text, status=status, finish_reason=finish_reason,
                            usage=usage, grounding=grounding)
         self._log(pipe, session_id, frames)
-        if frames:
-            pipe.zremrangebyscore(self._k(session_id, "frames"), "-inf", max(f["seq"] for f in frames) - RESUME_WINDOW)
+        if frames:  # release the unused part of the reserved seq window; trim the resume log
+            top = max(f["seq"] for f in frames)
+            pipe.hset(self._k(session_id), "seq_reserved", top)
+            pipe.zremrangebyscore(self._k(session_id, "frames"), "-inf", top - RESUME_WINDOW)
         pipe.execute()
 
     def log_frames(self, session_id: str, frames: Sequence[dict[str, Any]]) -> None:
