@@ -129,14 +129,23 @@ class LlamaCppBackend:
     def _prefill(self, tokens: list[int], cancel: threading.Event) -> bool:
         """Evaluate the prompt in slices, checking `cancel` between them, so that a long prompt can be abandoned;
         the KV cache's common prefix is reused. `generate()` then finds the prompt cached and samples at once."""
-        llm = self.llm
-        keep = min(continuation_start(llm.input_ids[: llm.n_tokens].tolist(), tokens), len(tokens) - 1)
-        llm.n_tokens = keep  # eval() drops the KV cache from here on
+        keep = self._reuse_cache(tokens, upto=len(tokens) - 1)
         for begin in range(keep, len(tokens), PREFILL_SLICE):
             if cancel.is_set():
                 return False
-            llm.eval(tokens[begin : begin + PREFILL_SLICE])
+            self.llm.eval(tokens[begin : begin + PREFILL_SLICE])
         return not cancel.is_set()
+
+    def _reuse_cache(self, tokens: list[int], upto: int) -> int:
+        """Keep the KV cache's common prefix with `tokens` (at most `upto` tokens), drop the rest; return its length."""
+        llm = self.llm
+        keep = min(continuation_start(llm.input_ids[: llm.n_tokens].tolist(), tokens), upto)
+        memory = llama_cpp.llama_get_memory(llm.ctx)
+        if not llama_cpp.llama_memory_seq_rm(memory, -1, keep, -1):  # partial removal unsupported: start over
+            llama_cpp.llama_memory_clear(memory, True)
+            keep = 0
+        llm.n_tokens = keep
+        return keep
 
     def _texts(self, tokens_out: Iterator[int], max_tokens: int) -> Iterator[str]:
         """Decode generated tokens to text pieces; UTF-8 sequences split across tokens are held until whole."""
@@ -190,13 +199,7 @@ class LlamaCppBackend:
         """Decode `tokens`, reusing the KV cache's common prefix, and sum log P(tokens[i]) for i >= start."""
         llm, batch = self.llm, self._batch
         assert batch is not None
-        cached = llm.input_ids[: llm.n_tokens]
-        keep = min(continuation_start(cached.tolist(), tokens), start - 1)
-        memory = llama_cpp.llama_get_memory(llm.ctx)
-        if not llama_cpp.llama_memory_seq_rm(memory, -1, keep, -1):
-            llama_cpp.llama_memory_clear(memory, True)
-            keep = 0
-        llm.n_tokens = keep
+        keep = self._reuse_cache(tokens, upto=start - 1)
         n_vocab, total, last = llm.n_vocab(), 0.0, len(tokens) - 1
         begin = keep
         while begin < len(tokens):
