@@ -193,7 +193,7 @@ class Prompt:
         ]
         for part in self.parts:
             lines.append(f"[{part.kind}] {_reason(part)}")
-            lines.extend("    " + line for line in (part.text if part.kind != "mask" else MASK).splitlines())
+            lines.extend("    " + line for line in (part.text + MASK if part.kind == "mask" else part.text).splitlines())
         if self.dropped:
             lines += ["", "dropped to fit the budget (least relevant first):"]
             lines.extend(f"  - [{p.kind}] {_reason(p)}: {clip_text(p.text.replace(chr(10), ' / '), 60)}" for p in self.dropped)

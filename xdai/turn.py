@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 FREE_CONDITION_PREFIX = "text:"
+GROUNDING_WEIGHT = 5.0  # reranking: a fully grounded candidate gains what ~1.5 nats/char of likelihood would
 RETRIEVE_SLACK = 6  # extra hits per query, so that both QA pairs and descriptions survive the kind split
 
 
@@ -315,20 +316,31 @@ class Agent:
         return 1 if piece else 0
 
     async def _reranked(self, prompt: Prompt, settings: GenerationSettings, utterance: str) -> AsyncIterator[str]:
-        """Sample n candidates, rescore them (post-response likelihood, inverse prompting), yield the best."""
-        from xdai import rerank
+        """Sample n candidates, rescore them (`xdai.rerank`: post-response likelihood, inverse prompting) plus a
+        grounding term, and yield the best.
 
-        best = await rerank.best_reply(
-            self.backend,
-            prompt.render(),
-            settings,
-            n=max(self._rerank_count(), 1),
-            question=utterance,
-            inverse=bool(self._gen("inverse_prompting", False)),
-            inverse_weight=float(self._gen("inverse_weight", 1.0)),
-            language=self.persona.language,
+        The grounding term, GROUNDING_WEIGHT x the share of a candidate's tokens found in the knowledge injected for
+        this turn, prefers the candidate that uses what the prompt was given; with no knowledge it is 0 for all.
+        """
+        from xdai import rerank
+        from xdai.eval.metrics import tokens
+
+        inverse = None
+        if self._gen("inverse_prompting", False) and utterance.strip():
+            inverse = rerank.InversePrompt.for_language(
+                utterance, self.persona.language, float(self._gen("inverse_weight", 1.0))
+            )
+        result = await rerank.generate_reranked(
+            self.backend, prompt.render(), settings, max(self._rerank_count(), 1), inverse=inverse
         )
-        yield best
+        known = set(tokens(" ".join(g["text"] for g in prompt.grounding() if g["kind"] != "lore")))
+
+        def grounded(text: str) -> float:
+            toks = tokens(text)
+            return sum(t in known for t in toks) / len(toks) if toks else 0.0
+
+        best = max(result.candidates, key=lambda c: c.total + GROUNDING_WEIGHT * grounded(c.text))
+        yield best.text
 
 
 def relevance_of(hit: Any) -> float:

@@ -169,10 +169,16 @@ def test_open_store_names_what_is_missing():
         open_store("nowhere/store")
 
 
+SEED = 0
+
+
 @pytest.mark.slow
 def test_done_when_the_default_bot_answers_grounded(gu_store, qwen):
     """The seed's exchange: a store holding the 谷爱凌 QA pair, the default persona and the bundled Qwen model."""
-    agent = Agent(load_persona("xiaodai"), stores=[open_store(str(gu_store))], backend=qwen)
+    persona = load_persona("xiaodai")
+    # the persona's own sampling settings, made reproducible, with its per-persona reranking of 3 samples
+    persona.generation.update({"seed": SEED, "rerank": 3})
+    agent = Agent(persona, stores=[open_store(str(gu_store))], backend=qwen)
     reply = run(agent, agent.new_history(), "谷爱凌好厉害呀")[-1]
     assert reply.finish_reason == "stop", reply.error
     facts = re.findall("2003|旧金山|加利福尼亚|自由式滑雪|滑雪运动员|运动员|美国", reply.text)
@@ -186,3 +192,23 @@ def test_done_when_the_default_bot_answers_grounded(gu_store, qwen):
     assert knowledge and knowledge[0]["why"]["for"] == "utterance"
     assert knowledge[0]["why"]["source_file"].endswith("gu.jsonl") and "谷爱凌" in knowledge[0]["text"]
     assert data["infill"]["before"].endswith("用户：谷爱凌好厉害呀\n小呆：")
+
+
+def test_chat_streams_explains_resets_and_saves(tmp_path):
+    persona = tmp_path / "robo.yaml"
+    persona.write_text(ROBO, encoding="utf-8")
+    saved = tmp_path / "chat.jsonl"
+    result = CliRunner().invoke(
+        main,
+        ["chat", "--persona", str(persona), "--model", "smollm2", "--history", str(saved), "--seed", "3"],
+        input="/explain\nWhat is the capital of France?\n/explain\n/condition sleepy\n/reset\n/quit\n",
+    )
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert out.startswith("Robo: Hello! I am Robo.")
+    assert "(no turn yet)" in out
+    assert "[knowledge] qa" in out and "for utterance from persona:Robo" in out  # /explain after the turn
+    assert "unknown condition 'sleepy'" in out
+    assert "(history cleared)" in out
+    rows = [json.loads(line) for line in saved.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 1 and rows[0]["user"] == "What is the capital of France?" and rows[0]["bot"]

@@ -44,15 +44,15 @@ def chat(persona: str | None, knowledge: tuple[str, ...], backend: str | None, m
     save_to = Path(history_file) if history_file else (
         Path(cfg.paths.cache_dir).expanduser() / "chats" / f"{agent.persona.name}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     )
-    bot, user = agent.builder.bot, agent.builder.user
+    bot, user = agent.builder.bot + agent.builder.sep, agent.builder.user + agent.builder.sep
     click.secho(f"{agent.persona.name} · history saved to {save_to} · {HELP}", dim=True, err=True)
     if not history.exchanges:
-        click.echo(f"{bot}：{agent.greeting()}")
+        click.echo(f"{bot}{agent.greeting()}")
     last_prompt = None
     condition: str | None = None
     while True:
         try:
-            line = input(f"{user}：")
+            line = input(user)
         except (EOFError, KeyboardInterrupt):
             click.echo()
             break
@@ -63,7 +63,7 @@ def chat(persona: str | None, knowledge: tuple[str, ...], backend: str | None, m
             history = agent.new_history()
             condition = None
             click.secho("(history cleared)", dim=True)
-            click.echo(f"{bot}：{agent.greeting()}")
+            click.echo(f"{bot}{agent.greeting()}")
             continue
         if command == "/explain":
             click.echo(last_prompt.explain() if last_prompt else "(no turn yet)")
@@ -81,7 +81,7 @@ def chat(persona: str | None, knowledge: tuple[str, ...], backend: str | None, m
             continue
 
         async def turn(past: History, text: str, cond: str | None) -> Reply | None:
-            click.echo(f"{bot}：", nl=False)
+            click.echo(bot, nl=False)
             final = None
             async for event in agent.respond(past, text, condition=cond):
                 if isinstance(event, Delta):
