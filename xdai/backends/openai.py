@@ -81,7 +81,8 @@ class OpenAIBackend:
         if settings.seed is not None:
             body["seed"] = settings.seed
         if self.vendor_params:
-            body.update(top_k=settings.top_k, repetition_penalty=settings.repetition_penalty)
+            top_k = settings.top_k if settings.top_k > 0 else -1  # vLLM's spelling of "no top-k"
+            body.update(top_k=top_k, repetition_penalty=settings.repetition_penalty)
         if self.endpoint == "chat":
             body["messages"] = [
                 {"role": "system", "content": CHAT_INSTRUCTION},
