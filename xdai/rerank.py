@@ -143,22 +143,3 @@ async def _score(
         candidate.total += inverse.weight * candidate.inverse
     return candidate
 
-
-async def best_reply(
-    backend: Backend,
-    infill: Infill,
-    settings: GenerationSettings,
-    n: int,
-    *,
-    question: str = "",
-    inverse: bool = False,
-    inverse_weight: float = 1.0,
-    post_weight: float = 1.0,
-    language: str = "zh",
-) -> str:
-    """The turn engine's face: the best of `n` samples as text (inverse prompting when asked and a question exists)."""
-    inverse_prompt = (
-        InversePrompt.for_language(question, language, inverse_weight) if inverse and question.strip() else None
-    )
-    result = await generate_reranked(backend, infill, settings, n, post_weight=post_weight, inverse=inverse_prompt)
-    return result.best.text

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from xdai.backends.base import GenerationSettings, Infill
-from xdai.rerank import InversePrompt, best_reply, generate_reranked, rerank
+from xdai.rerank import InversePrompt, generate_reranked, rerank
 
 ANGRY = "\nUser: Why are you so angry at me?"
 
@@ -53,19 +53,6 @@ async def test_both_rerankers_combine_with_their_weights(smollm2, dialogue):
     paris, empty = result.candidates
     assert paris.total == pytest.approx(2.0 * paris.post + 1.0 * paris.forward + 0.5 * paris.inverse)
     assert empty.total == -math.inf and result.best is paris  # an empty reply never wins
-
-
-async def test_best_reply_is_the_turn_engines_face(smollm2, dialogue):
-    settings = GenerationSettings(seed=4, max_tokens=12, stop=["\nUser:"])
-    text = await best_reply(
-        smollm2, Infill(dialogue, after=ANGRY), settings, 2, question="What is the capital of France?",
-        inverse=True, language="en",
-    )
-    result = await generate_reranked(
-        smollm2, Infill(dialogue, after=ANGRY), settings, 2,
-        inverse=InversePrompt.for_language("What is the capital of France?", "en"),
-    )
-    assert text == result.best.text
 
 
 def test_bad_rerank_requests_are_clear_errors():
