@@ -6,8 +6,8 @@
   a QA pair over it is dropped. Every drop is reported with its provenance.
 - Language tag ("zh"/"en") per item; a stable id = content hash of (kind, q, a) or (kind, title, text).
 - Exact duplicates (same id) and near-duplicates (embedding cosine above a threshold) are removed and reported.
-  Two items about different knowledge-base entities, or whose numbers differ ("门票50元" vs "门票60元"), are
-  never near-duplicates: embeddings blur exactly those differences.
+  Two items about different knowledge-base entities or predicates, or whose numbers differ ("门票50元" vs
+  "门票60元"), are never near-duplicates: embeddings blur exactly those differences.
 """
 
 from __future__ import annotations
@@ -137,6 +137,8 @@ def _may_be_duplicates(a: Item, b: Item) -> bool:
     if a.kind != b.kind:
         return False
     if a.entity and b.entity and a.entity != b.entity:
+        return False
+    if a.predicate and b.predicate and a.predicate != b.predicate:
         return False
     return _NUMBER.findall(a.text) == _NUMBER.findall(b.text)
 

@@ -79,8 +79,10 @@ def test_near_duplicate_guards_entities_and_numbers(embedder):
     items = [
         qa("故宫的门票是什么？", "免费开放。", entity="故宫", predicate="门票"),
         qa("天坛的门票是什么？", "免费开放。", entity="天坛", predicate="门票"),
+        qa("中南海的门票是什么？", "不对外开放", entity="中南海", predicate="门票"),  # cos 0.971 in the travel KB
+        qa("中南海的开放时间是什么？", "不对外开放", entity="中南海", predicate="开放时间"),
         qa("颐和园的门票多少钱？", "旺季30元。"),
         qa("颐和园的门票多少钱？", "旺季20元。"),
     ]
     kept, report = _dedup(items, embedder, threshold=0.5)
-    assert len(kept) == 4 and report.near_duplicates == []
+    assert len(kept) == 6 and report.near_duplicates == []
