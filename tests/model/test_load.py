@@ -132,5 +132,11 @@ def test_glm_backend_fills_and_scores(hub_dir):
 
     pieces = asyncio.run(collect())
     assert all(isinstance(p, str) for p in pieces)
+
+    async def collect_long():  # a context longer than max_sequence_length (64): truncated on the left
+        long = Infill(before="今天天气很好，我们一起去爬山吧。" * 12, after="吧。")
+        return [p async for p in backend.fill(long, GenerationSettings(temperature=0.0, max_tokens=200))]
+
+    assert all(isinstance(p, str) for p in asyncio.run(collect_long()))
     score = backend.score("清华大学位于", "北京")
     assert math.isfinite(score) and score < 0

@@ -6,6 +6,7 @@ when a condition is active, the grounded post-response after it; the reply is ge
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -50,7 +51,13 @@ class GLMBackend:
         with self._lock:
             if cancel.is_set():
                 return
-            pieces = (piece for _, piece in stream_spans(self.model, text, settings, use_cache=self.use_cache))
+            limit = self.model.config.max_sequence_length
+            if settings.max_tokens >= limit:
+                settings = dataclasses.replace(settings, max_tokens=limit - 1)
+            prompt = self.tokenizer.encode_prompt(text)
+            if len(prompt) >= limit:  # keep [CLS] and the most recent context (GLM truncates on the left)
+                prompt = prompt[:1] + prompt[len(prompt) - limit + 2:]
+            pieces = (piece for _, piece in stream_spans(self.model, prompt, settings, use_cache=self.use_cache))
             pump(pieces, settings.stop, emit, cancel)
 
     def score(self, context: str, continuation: str) -> float:

@@ -223,15 +223,17 @@ def _replace_masks(text: str, pieces: list[str], tok) -> str:
     return "".join(out)
 
 
-def stream_spans(model: GLMModel, text: str, settings: GenerationSettings, tokenizer=None,
+def stream_spans(model: GLMModel, text: str | Sequence[int], settings: GenerationSettings, tokenizer=None,
                  use_cache: bool = True) -> Iterator[tuple[int, str]]:
-    """Stream the fill of one text as (mask index, new text) pieces, decoded incrementally."""
+    """Stream the fill of one text (or of an already encoded part A) as (mask index, new text) pieces, decoded
+    incrementally."""
     tok = tokenizer or model.tokenizer
     if tok is None:
         raise ValueError("no tokenizer: the checkpoint directory has no sentencepiece model")
     special = SpecialIds.from_tokenizer(tok)
     span, ids, emitted = 0, [], ""
-    for (t,) in stream_fill(model, [tok.encode_prompt(text)], special, settings, use_cache):
+    prompt = tok.encode_prompt(text) if isinstance(text, str) else list(text)
+    for (t,) in stream_fill(model, [prompt], special, settings, use_cache):
         if t is None:
             break
         if t == special.eop:
