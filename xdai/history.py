@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,15 +112,22 @@ class History:
         self._vectors.clear()
         self._extras.clear()
 
-    def embed_turn(self, embedder: Embedder, utterance: str) -> tuple[np.ndarray, np.ndarray]:
-        """(exchange vectors [len, d], utterance vector [d]) with ONE encode call: the utterance + uncached exchanges."""
+    def embed_turn(
+        self, embedder: Embedder, utterance: str, also: Sequence[str] = ()
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(exchange vectors [len, d], utterance vector [d]) with ONE encode call.
+
+        The call holds the utterance, the exchanges not cached yet (normally only the one appended since the
+        previous turn) and `also`: texts the turn will need next (the retrievers' entity-expanded queries), so a
+        `CachingEmbedder` serves them without a second call.
+        """
         if self._embedder_name != embedder.name:
             self._vectors.clear()
             self._extras.clear()
             self._embedder_name = embedder.name
         missing = [e.text() for e in self.exchanges[len(self._vectors) :]]
-        encoded = embedder.encode([utterance, *missing], role="query")
-        self._vectors.extend(np.asarray(row, dtype=np.float32) for row in encoded[1:])
+        encoded = embedder.encode([utterance, *missing, *also], role="query")
+        self._vectors.extend(np.asarray(row, dtype=np.float32) for row in encoded[1 : 1 + len(missing)])
         dim = encoded.shape[1]
         stacked = np.vstack(self._vectors) if self._vectors else np.zeros((0, dim), dtype=np.float32)
         return stacked, encoded[0]

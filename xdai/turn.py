@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from xdai.backends.base import Backend, GenerationSettings
 from xdai.backends.stream import TurnFilter
 from xdai.history import History, ScoredExchange, select_history_by_decayed_similarity, shared_embedder
@@ -27,7 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 FREE_CONDITION_PREFIX = "text:"
 GROUNDING_WEIGHT = 5.0  # reranking: a fully grounded candidate gains what ~1.5 nats/char of likelihood would
-RETRIEVE_SLACK = 6  # extra hits per query, so that both QA pairs and descriptions survive the kind split
+RETRIEVE_SLACK = 6
+NEAREST_QA_DEPTH = 32  # dense neighbours scanned for an exchange's nearest QA pair  # extra hits per query, so that both QA pairs and descriptions survive the kind split
 
 
 @dataclass
@@ -132,14 +135,14 @@ class Agent:
         spec = self.persona.selection
         cond = self.condition_text(condition)
         utterance = utterance or ""
-        selection = self._select(history, utterance)
         context = _recent_texts(history, spec.lore_scan_turns)
+        selection, vectors = self._select(history, utterance, self._expanded_queries(utterance, context))
         exchange_knowledge: dict[int, Knowledge] = {}
         utterance_knowledge: Knowledge | None = None
         background: list[Knowledge] = []
         qa: list[Knowledge] = []
         if self.use_knowledge and self.stores:
-            qa, background, found = self._retrieve(utterance, context, history, selection)
+            qa, background, found = self._retrieve(utterance, context, history, selection, vectors)
             utterance_knowledge = qa[0] if qa else None
             used = {utterance_knowledge.id} if utterance_knowledge else set()
             for index, item in sorted(found.items()):
@@ -230,75 +233,96 @@ class Agent:
         return settings
 
     # -- the parts ---------------------------------------------------------------------------------------------
-    def _select(self, history: History, utterance: str) -> list[ScoredExchange]:
+    def _select(self, history: History, utterance: str, also: list[str]) -> tuple[list[ScoredExchange], Any]:
+        """The scored exchanges, and the exchange vectors (None without history or without selection)."""
         spec = self.persona.selection
         count = len(history)
         if count == 0:
-            return []
+            return [], None
         if not self.use_selection:  # ablation: the most recent exchanges, no scoring
             keep = set(range(max(count - spec.history_pairs, 0), count))
             return [
-                ScoredExchange(i, e, 1.0, 0.0, 0.0, selected=i in keep)
-                for i, e in enumerate(history.exchanges)
-            ]
-        vectors, query = history.embed_turn(self.embedder, utterance)
+                ScoredExchange(i, e, 1.0, 0.0, 0.0, selected=i in keep) for i, e in enumerate(history.exchanges)
+            ], None
+        vectors, query = history.embed_turn(self.embedder, utterance, also)
         kept, scores, decays, cosines = select_history_by_decayed_similarity(
             vectors, query, alpha=spec.alpha, n=spec.history_pairs
         )
         kept_set = set(kept)
         by_score = sorted(range(count), key=lambda i: (-scores[i], -i))[: spec.history_pairs]
         forced = count - 1 if kept and (count - 1) not in by_score else None
-        return [
+        scored = [
             ScoredExchange(
                 i, e, float(decays[i]), float(cosines[i]), float(scores[i]), selected=i in kept_set, forced=i == forced
             )
             for i, e in enumerate(history.exchanges)
         ]
+        return scored, vectors
+
+    def _expanded_queries(self, utterance: str, context: list[str]) -> list[str]:
+        """The texts the stores' retrievers will embed for the utterance (entity-expanded in dialogue context)."""
+        if not (self.use_knowledge and utterance.strip()):
+            return []
+        out = []
+        for named in self.stores:
+            tracker = getattr(getattr(named.store, "retriever", None), "tracker", None)
+            if tracker is not None:
+                query = tracker.resolve(utterance, context).query
+                if query != utterance and query not in out:
+                    out.append(query)
+        return out
 
     def _retrieve(
-        self, utterance: str, context: list[str], history: History, selection: list[ScoredExchange]
+        self, utterance: str, context: list[str], history: History, selection: list[ScoredExchange], vectors: Any
     ) -> tuple[list[Knowledge], list[Knowledge], dict[int, Knowledge]]:
         """(QA pairs for the utterance, background descriptions, the best QA pair per selected exchange).
 
-        One batched query per store: the utterance (in its dialogue context) plus every selected exchange whose
-        best QA pair is not memoised on the history yet, so the embedder runs once for all of them.
+        The utterance goes through each store's hybrid retrieval (dense + BM25 + dialogue context). A selected
+        exchange's QA pair is the QA item nearest to the exchange's cached embedding (cosine, the formula's own
+        similarity): no new embedding, memoised on the history, since an exchange never changes.
         """
         spec = self.persona.selection
-        key = "qa:" + ",".join(s.name for s in self.stores)
-        pending = [s for s in selection if s.selected and s.exchange.text() and history.cached(s.index, key) is None]
-        queries = [{"query": s.exchange.text(), "context": []} for s in pending]
-        ask_utterance = bool(utterance.strip())
-        if ask_utterance:
-            queries.insert(0, {"query": utterance, "context": context})
-        depth = max(spec.top_k, 1) + spec.background_k + RETRIEVE_SLACK
         qa: list[Knowledge] = []
         background: list[Knowledge] = []
-        best: dict[int, Knowledge | None] = {s.index: None for s in pending}
-        if queries:
+        if utterance.strip():
+            depth = max(spec.top_k, 1) + spec.background_k + RETRIEVE_SLACK
             for named in self.stores:
-                results = named.store.query_batch(queries, top_k=depth, kind=None)
-                if ask_utterance:
-                    for hit in results[0]:
-                        found = self._relevant(hit, named.name)
-                        if found is not None:
-                            (qa if found.kind == "qa" else background).append(found)
-                for scored, hits in zip(pending, results[1 if ask_utterance else 0 :], strict=True):
-                    for hit in hits:
-                        found = self._relevant(hit, named.name)
-                        if found is not None and found.kind == "qa":
-                            if best[scored.index] is None or found.score > best[scored.index].score:
-                                best[scored.index] = found
-                            break
-        for index, found in best.items():
-            history.remember(index, key, found if found is not None else False)
+                for hit in named.store.query(utterance, context=context, top_k=depth, kind=None):
+                    found = self._relevant(hit, named.name)
+                    if found is not None:
+                        (qa if found.kind == "qa" else background).append(found)
         qa.sort(key=lambda k: -k.score)
         background.sort(key=lambda k: -k.score)
-        per_exchange = {}
+        key = "qa:" + ",".join(s.name for s in self.stores)
+        per_exchange: dict[int, Knowledge] = {}
         for scored in selection:
-            memo = history.cached(scored.index, key) if scored.selected else None
+            if not scored.selected or not scored.exchange.text():
+                continue
+            memo = history.cached(scored.index, key)
+            if memo is None:
+                memo = self._nearest_qa(vectors[scored.index]) if vectors is not None else None
+                history.remember(scored.index, key, memo if memo is not None else False)
             if memo:
                 per_exchange[scored.index] = memo
         return qa[: max(spec.top_k, 1)], background[: spec.background_k], per_exchange
+
+    def _nearest_qa(self, vector: Any) -> Knowledge | None:
+        """The QA item with the highest cosine to `vector` over all stores, if above the threshold."""
+        from knowledge.item import Hit
+
+        best: Knowledge | None = None
+        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        for named in self.stores:
+            index, items = getattr(named.store, "dense_index", None), getattr(named.store, "items", None)
+            if index is None or not items or index.d != query.shape[1]:
+                continue
+            scores, ids = index.search(query, min(NEAREST_QA_DEPTH, index.ntotal))
+            for score, i in zip(scores[0], ids[0], strict=True):
+                if i >= 0 and items[i].kind == "qa":
+                    if float(score) >= self.persona.selection.qa_threshold and (best is None or score > best.score):
+                        best = Knowledge.from_hit(Hit(items[i], float(score)), store=named.name)
+                    break
+        return best
 
     def _relevant(self, hit: Any, store: str) -> Knowledge | None:
         relevance = relevance_of(hit)
