@@ -10,3 +10,5 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# llama.cpp/OpenMP threads busy-wait by default; on a shared 2-core machine that slows decoding ~20x.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
