@@ -140,3 +140,20 @@ def test_glm_backend_fills_and_scores(hub_dir):
     assert all(isinstance(p, str) for p in asyncio.run(collect_long()))
     score = backend.score("清华大学位于", "北京")
     assert math.isfinite(score) and score < 0
+
+
+def test_command_tokens_other_than_end_of_piece_are_never_sampled(hub_dir):
+    from xdai.model import SpecialIds, stream_fill
+
+    model = load_model(hub_dir)
+    tok = model.tokenizer
+    special = SpecialIds.from_tokenizer(tok)
+    with torch.no_grad():  # make the command tokens the most likely ones
+        for i in special.banned:
+            model.word_embeddings.weight[i] *= 20
+    settings = GenerationSettings(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, max_tokens=12,
+                                  seed=0)
+    steps = list(stream_fill(model, [tok.encode_prompt("今天[MASK]")] * 2, special, settings))
+    produced = {t for step in steps for t in step if t is not None}
+    assert produced and not produced & set(special.banned)
+    assert tok.cls_id in special.banned and tok.eop_id not in special.banned

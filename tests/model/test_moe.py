@@ -120,3 +120,15 @@ def test_shared_expert_is_added():
     model = GLMModel(cfg)
     assert model.transformer.layers[1].mlp.shared is not None
     assert isinstance(model.transformer.layers[0].mlp, MLP)
+
+
+def test_generation_reports_dropped_assignments():
+    from xdai.backends.base import GenerationSettings
+    from xdai.model import SpecialIds, fill_ids
+
+    model = tiny_model(moe_layers=[0, 1], num_experts=4, moe_top_k=2, moe_capacity_factor=0.5)
+    special = SpecialIds(sop=150, eop=151, masks=(152,), pad=0, vocab_limit=155)
+    settings = GenerationSettings(temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0, max_tokens=3)
+    stats: dict[str, int] = {}
+    fill_ids(model, [[1, 2, 3, 4, 5, 6, 152, 7]], special, settings, stats=stats)
+    assert stats["forward_calls"] >= 2 and stats["moe_dropped"] > 0  # the prefill alone overflows capacity 0.5

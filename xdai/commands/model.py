@@ -96,22 +96,25 @@ def generate(directory: str, texts: tuple[str, ...], max_tokens: int, temperatur
                                   repetition_penalty=repetition_penalty, max_tokens=max_tokens, seed=seed)
     echo = click.echo if rank == 0 else (lambda *a, **k: None)
     start = time.perf_counter()
+    stats: dict[str, int] = {}
     if stream:
         if len(texts) != 1:
             raise click.UsageError("--stream takes one text")
         current = 0
-        for span, piece in stream_spans(m, texts[0], settings, use_cache=not no_cache):
+        for span, piece in stream_spans(m, texts[0], settings, use_cache=not no_cache, stats=stats):
             if span != current:
                 echo(" | ", nl=False)
                 current = span
             echo(piece, nl=False)
         echo()
     else:
-        for filled in fill_text(m, list(texts), settings, use_cache=not no_cache):
+        for filled in fill_text(m, list(texts), settings, use_cache=not no_cache, stats=stats):
             echo(filled.text)
     if rank == 0:
-        print(f"generate: {len(texts)} text(s) in {time.perf_counter() - start:.2f}s on {device}"
-              f"{f' (tp={tp_size}, ep={ep_size})' if tp_size > 1 or ep_size > 1 else ''}", file=sys.stderr)
+        parallel = f" (tp={tp_size}, ep={ep_size})" if tp_size > 1 or ep_size > 1 else ""
+        dropped = f", {stats.get('moe_dropped', 0)} MoE assignments dropped" if m.config.moe_layers else ""
+        print(f"generate: {len(texts)} text(s), {stats.get('forward_calls', 0)} forward calls in "
+              f"{time.perf_counter() - start:.2f}s on {device}{parallel}{dropped}", file=sys.stderr)
 
 
 @model.command()

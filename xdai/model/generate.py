@@ -24,10 +24,13 @@ class SpecialIds:
     masks: tuple[int, ...]
     pad: int = 0
     vocab_limit: int | None = None  # ids >= this are never sampled (padding rows of the embedding matrix)
+    banned: tuple[int, ...] = ()  # never sampled either: command tokens that make no sense inside a span
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> SpecialIds:
-        return cls(tokenizer.sop_id, tokenizer.eop_id, tokenizer.mask_ids, tokenizer.pad_id, tokenizer.vocab_size)
+        banned = tuple(sorted(i for i in tokenizer.command_ids.values() if i != tokenizer.eop_id))
+        return cls(tokenizer.sop_id, tokenizer.eop_id, tokenizer.mask_ids, tokenizer.pad_id, tokenizer.vocab_size,
+                   banned)
 
 
 @dataclass
@@ -64,8 +67,14 @@ def sample_next(logits: torch.Tensor, settings: GenerationSettings, seen: torch.
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def _count(stats: dict[str, int] | None, out) -> None:
+    if stats is not None:
+        stats["forward_calls"] = stats.get("forward_calls", 0) + 1
+        stats["moe_dropped"] = stats.get("moe_dropped", 0) + int(out.moe_dropped)
+
+
 def _forward_full(model: GLMModel, seqs: list[list[int]], positions: list[list[tuple[int, int]]],
-                  seps: list[int], pad: int) -> torch.Tensor:
+                  seps: list[int], pad: int, stats: dict[str, int] | None = None) -> torch.Tensor:
     """Logits of each row's last token from a full forward (no cache): rows right-padded at the very end."""
     device = model.word_embeddings.weight.device
     length = max(len(s) for s in seqs)
@@ -74,18 +83,22 @@ def _forward_full(model: GLMModel, seqs: list[list[int]], positions: list[list[t
     for b, (s, p) in enumerate(zip(seqs, positions, strict=True)):
         ids[b, : len(s)] = torch.tensor(s)
         pos[b, :, : len(s)] = torch.tensor(p).t()
-    logits = model(ids.to(device), pos.to(device), torch.tensor(seps, device=device)).logits
+    out = model(ids.to(device), pos.to(device), torch.tensor(seps, device=device))
+    _count(stats, out)
+    logits = out.logits
     last = torch.tensor([len(s) - 1 for s in seqs], device=device)
     return logits[torch.arange(len(seqs), device=device), last]
 
 
 @torch.inference_mode()
 def stream_fill(model: GLMModel, prompts: Sequence[Sequence[int]], special: SpecialIds,
-                settings: GenerationSettings, use_cache: bool = True) -> Iterator[list[int | None]]:
+                settings: GenerationSettings, use_cache: bool = True,
+                stats: dict[str, int] | None = None) -> Iterator[list[int | None]]:
     """Yield, per decoding step, the token each row produced (None for rows already finished).
 
     Stops when every row has filled all its masks or after `settings.max_tokens` steps. Break out of the
-    iteration to stop early.
+    iteration to stop early. `stats`, when given, accumulates `forward_calls` and `moe_dropped` (token-expert
+    assignments dropped by MoE capacity limits over all forwards).
     """
     cfg = model.config
     device = model.word_embeddings.weight.device
@@ -109,9 +122,10 @@ def stream_fill(model: GLMModel, prompts: Sequence[Sequence[int]], special: Spec
     for b, p in enumerate(prompts):
         seen[b, torch.tensor(list(p), dtype=torch.long, device=device)] = True
     banned = None
-    if special.vocab_limit is not None and special.vocab_limit < vocab:
+    if (special.vocab_limit is not None and special.vocab_limit < vocab) or special.banned:
         banned = torch.zeros(vocab, dtype=torch.bool, device=device)
-        banned[special.vocab_limit:] = True
+        banned[special.vocab_limit or vocab:] = True
+        banned[list(special.banned)] = True
     sep = torch.tensor(lens, device=device)
 
     # Step 0: part A and the first <|startofpiece|>.
@@ -126,11 +140,12 @@ def stream_fill(model: GLMModel, prompts: Sequence[Sequence[int]], special: Spec
             ids[b, : lens[b] + 1] = torch.tensor(seqs[b])
             pos[b, :, : lens[b] + 1] = torch.tensor(positions[b]).t()
         cache = model.new_cache(batch, max(lens) + 1 + max_tokens)
-        logits = model(ids.to(device), pos.to(device), sep, cache=cache).logits
-        logits = logits[torch.arange(batch, device=device), sep]
+        out = model(ids.to(device), pos.to(device), sep, cache=cache)
+        _count(stats, out)
+        logits = out.logits[torch.arange(batch, device=device), sep]
         cache.lengths = sep + 1
     else:
-        logits = _forward_full(model, seqs, positions, lens, special.pad)
+        logits = _forward_full(model, seqs, positions, lens, special.pad, stats)
 
     for _ in range(max_tokens):
         if banned is not None:
@@ -169,16 +184,19 @@ def stream_fill(model: GLMModel, prompts: Sequence[Sequence[int]], special: Spec
         if cache is not None:
             ids = torch.tensor(next_ids, device=device)[:, None]
             pos = torch.tensor(next_pos, device=device)[:, :, None]
-            logits = model(ids, pos, cache=cache).logits[:, 0]
+            out = model(ids, pos, cache=cache)
+            _count(stats, out)
+            logits = out.logits[:, 0]
         else:
-            logits = _forward_full(model, seqs, positions, lens, special.pad)
+            logits = _forward_full(model, seqs, positions, lens, special.pad, stats)
 
 
 def fill_ids(model: GLMModel, prompts: Sequence[Sequence[int]], special: SpecialIds,
-             settings: GenerationSettings, use_cache: bool = True) -> list[list[list[int]]]:
+             settings: GenerationSettings, use_cache: bool = True,
+             stats: dict[str, int] | None = None) -> list[list[list[int]]]:
     """The spans (token ids) filling each mask of each prompt."""
     spans: list[list[list[int]]] = [[[]] for _ in prompts]
-    for step in stream_fill(model, prompts, special, settings, use_cache):
+    for step in stream_fill(model, prompts, special, settings, use_cache, stats):
         for b, t in enumerate(step):
             if t is None:
                 continue
@@ -197,14 +215,15 @@ class Filled:
 
 
 def fill_text(model: GLMModel, texts: Sequence[str], settings: GenerationSettings,
-              use_cache: bool = True, tokenizer=None) -> list[Filled]:
+              use_cache: bool = True, tokenizer=None, stats: dict[str, int] | None = None) -> list[Filled]:
     """Fill every mask of every text (batched)."""
     tok = tokenizer or model.tokenizer
     if tok is None:
         raise ValueError("no tokenizer: the checkpoint directory has no sentencepiece model")
     prompts = [tok.encode_prompt(t) for t in texts]
     results = []
-    for text, spans in zip(texts, fill_ids(model, prompts, SpecialIds.from_tokenizer(tok), settings, use_cache),
+    for text, spans in zip(texts, fill_ids(model, prompts, SpecialIds.from_tokenizer(tok), settings, use_cache,
+                                            stats),
                            strict=True):
         pieces = [tok.decode(s) for s in spans]
         results.append(Filled(text=_replace_masks(text, pieces, tok), spans=pieces))
@@ -224,7 +243,7 @@ def _replace_masks(text: str, pieces: list[str], tok) -> str:
 
 
 def stream_spans(model: GLMModel, text: str | Sequence[int], settings: GenerationSettings, tokenizer=None,
-                 use_cache: bool = True) -> Iterator[tuple[int, str]]:
+                 use_cache: bool = True, stats: dict[str, int] | None = None) -> Iterator[tuple[int, str]]:
     """Stream the fill of one text (or of an already encoded part A) as (mask index, new text) pieces, decoded
     incrementally."""
     tok = tokenizer or model.tokenizer
@@ -233,7 +252,7 @@ def stream_spans(model: GLMModel, text: str | Sequence[int], settings: Generatio
     special = SpecialIds.from_tokenizer(tok)
     span, ids, emitted = 0, [], ""
     prompt = tok.encode_prompt(text) if isinstance(text, str) else list(text)
-    for (t,) in stream_fill(model, [prompt], special, settings, use_cache):
+    for (t,) in stream_fill(model, [prompt], special, settings, use_cache, stats):
         if t is None:
             break
         if t == special.eop:
