@@ -365,7 +365,7 @@ def _kb_items(path: Path, data: dict[str, Any], problems: Problems, *, where_pre
                 yield Item(id="", kind="description", text="\n".join(objects), title=s, entity=s, predicate=p,
                            source_file=str(path), source_record=record)
             else:
-                lang = lang_of(s + p)
+                lang = "zh" if _CJK.search(s + p) else "en"  # "in KIDS with LINE FRIENDS乐园" + "电话" is Chinese
                 q = QUESTION_TEMPLATES[lang].format(s=s, p=p)
                 a = ANSWER_JOINERS[lang].join(objects)
                 yield Item(id="", kind="qa", text=f"{q}\n{a}", q=q, a=a, entity=s, predicate=p,

@@ -86,9 +86,11 @@ def test_kdconv_triples_become_descriptions_and_merged_qa():
 
 def test_english_triples_use_the_english_template(tmp_path: Path):
     kb = tmp_path / "kb.json"
-    kb.write_text('{"Louvre": [["Louvre", "city", "Paris"]]}', encoding="utf-8")
-    (item,), _ = read(kb)
-    assert item.q == "What is the city of Louvre?" and item.a == "Paris"
+    kb.write_text('{"Louvre": [["Louvre", "city", "Paris"]], "KIDS": [["in KIDS with LINE FRIENDS乐园", "电话", "010"]]}',
+                  encoding="utf-8")
+    (louvre, kids), _ = read(kb)
+    assert louvre.q == "What is the city of Louvre?" and louvre.a == "Paris"
+    assert kids.q == "in KIDS with LINE FRIENDS乐园的电话是什么？"  # any Chinese in subject or predicate: Chinese
 
 
 def test_folder_reads_every_supported_file_sorted():
