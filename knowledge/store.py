@@ -315,17 +315,21 @@ class Store:
         path: Path | None = None,
         config: Any = None,
     ) -> None:
+        self.embedder = embedder
+        self.path = path
+        self.config = config
+        self._set(items, dense_index, bm25, manifest)
+
+    def _set(self, items: list[Item], dense_index: Any, bm25: BM25Index, manifest: dict[str, Any]) -> None:
+        """(Re)point this store at its contents: at construction and after `add`."""
         self.items = items
         self.dense_index = dense_index
         self.bm25 = bm25
-        self.embedder = embedder
         self.manifest = manifest
-        self.path = path
-        self.config = config
         self._by_id = {it.id: it for it in items}
-        k = knowledge_settings(config)
+        k = knowledge_settings(self.config)
         self.retriever = HybridRetriever(
-            items, dense_index, bm25, _QueryEncoder(embedder),
+            items, dense_index, bm25, _QueryEncoder(self.embedder),
             dense_weight=k.dense_weight, bm25_weight=k.bm25_weight, rrf_k=k.rrf_k,
         )
 
@@ -452,14 +456,13 @@ class Store:
                 spec = default_tokenizer_spec(items)
                 bm25 = BM25Index.build([it.search_text for it in items], spec)
                 manifest = _manifest(items, self.embedder, info, spec, old_sources + labels, report, skipped, 0.0)
-                self.__init__(items, dense, bm25, self.embedder, manifest, config=self.config)
+                self._set(items, dense, bm25, manifest)
             return _report_from(self.manifest, len(new), report, skipped, time.perf_counter() - start, None, "added to")
         if new:
             _materialise(self.path, items, vectors, self.embedder, old_sources + labels, report, skipped,
                          start, progress)
             fresh = Store.open(self.path, embedder=self.embedder, config=self.config, verify=False)
-            self.__init__(fresh.items, fresh.dense_index, fresh.bm25, self.embedder, fresh.manifest, path=self.path,
-                          config=self.config)
+            self._set(fresh.items, fresh.dense_index, fresh.bm25, fresh.manifest)
         return _report_from(self.manifest, len(new), report, skipped, time.perf_counter() - start, str(self.path), "added to")
 
     # -- reading -----------------------------------------------------------------------------------------------

@@ -197,6 +197,8 @@ def test_from_items_is_in_memory(embedder):
     assert store.query("你喜欢做什么？", kind="qa", top_k=1)[0].item.a == "小岱喜欢爬山和看书。"
     store.add([[Item(id="", kind="qa", text="", q="小岱几岁？", a="二十岁。")]], progress=False)
     assert len(store) == 3 and store.query("小岱几岁？", kind="qa", top_k=1)[0].item.a == "二十岁。"
+    empty = Store.from_items([], embedder=embedder)  # a persona without inline knowledge
+    assert len(empty) == 0 and empty.query("你好") == []
 
 
 @pytest.mark.gpu
