@@ -165,6 +165,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         replies_n = after.get("xdai_reply_seconds_count", 0) - before.get("xdai_reply_seconds_count", 0)
         replies_s = after.get("xdai_reply_seconds_sum", 0) - before.get("xdai_reply_seconds_sum", 0)
         out["mean_reply_s"] = replies_s / max(replies_n, 1)
+        out["load_average_1min"] = os.getloadavg()[0]  # latency figures mean little on a crowded machine
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -186,6 +187,7 @@ def main() -> None:
     figures = asyncio.run(asyncio.wait_for(run(args), timeout=args.startup_timeout + 4 * args.seconds + 900))
     for key, value in figures.items():
         print(f"{key:32s} {value:10.3f}" if isinstance(value, float) else f"{key:32s} {value:10d}")
+    print(f"(session store: sqlite, synchronous={os.environ.get('XDAI_SERVER_SQLITE_SYNCHRONOUS', 'FULL')})")
     print(f"service_load: {figures['idle_connections']:.0f} idle connections at "
           f"{figures['rss_per_connection_kb']:.1f} KB each; {args.clients} clients: ack p99 "
           f"{figures['server_ack_p99_ms']:.2f} ms, delta forward p99 {figures['server_delta_forward_p99_ms']:.2f} ms "

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.exceptions import ConnectionClosedError
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
 from xdai.client import Client
 
@@ -135,5 +135,35 @@ async def test_a_flood_is_rate_limited_and_answered_once(tmp_path: Path, agent: 
         stored = r.server.store.messages(c.session_id)
         assert len([m for m in stored if m["role"] == "user"]) == 1
         await c.close()
+    finally:
+        await r.server.shutdown()
+
+
+async def test_a_slow_reader_is_dropped_without_stalling_others(tmp_path: Path, agent: Any, bot_specs: Any) -> None:
+    r = await start_server(tmp_path, {"smol": agent}, bot_specs, send_buffer_frames=64, rate_limit_per_s=1e6,
+                           rate_limit_burst=1e6, ip_rate_limit_per_s=1e6)
+    try:
+        slow = await r.client(max_queue=1)  # reads (almost) nothing: its socket buffers fill up
+        fast = await r.opened()
+        ping = json.dumps({"v": 1, "type": "ping"})
+        for i in range(400_000):
+            if r.server.metrics.errors.get(code="slow_consumer"):
+                break
+            try:
+                await slow.send_raw(ping)
+            except ConnectionClosed:  # dropped by the server while we were still sending
+                break
+            if i % 500 == 0:
+                await asyncio.sleep(0)
+        assert r.server.metrics.errors.get(code="slow_consumer") == 1
+        started = asyncio.get_running_loop().time()
+        assert (await fast.ping(10))["type"] == "pong"  # the others are served meanwhile
+        assert asyncio.get_running_loop().time() - started < 5
+        for _ in range(100):
+            if len(r.server.connections) == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert len(r.server.connections) == 1  # the slow one is gone
+        await fast.close()
     finally:
         await r.server.shutdown()

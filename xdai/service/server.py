@@ -68,9 +68,12 @@ class Connection:
             self.server.metrics.errors.inc(code=frame["code"])
         if self.queue.qsize() < self.limit:
             self.queue.put_nowait((encode(frame), None if t0 is None else (frame["type"], t0)))
-        else:
+        else:  # the reader is too slow: drop it now rather than queue without bound or wait for it
             self.server.metrics.errors.inc(code="slow_consumer")
-            self.close(CLOSE_TRY_AGAIN_LATER, "slow consumer: send buffer full; reconnect with resume_from_seq")
+            self.closing = True
+            self.writer.cancel()
+            self.writer = asyncio.create_task(self.ws.close(CLOSE_TRY_AGAIN_LATER, "slow consumer: send buffer full; "
+                                                            "reconnect with resume_from_seq"))
 
     def error(self, problem: ProtocolError) -> None:
         """A connection-level error frame (not in the session's log)."""
