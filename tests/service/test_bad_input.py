@@ -167,3 +167,19 @@ async def test_a_slow_reader_is_dropped_without_stalling_others(tmp_path: Path, 
         await fast.close()
     finally:
         await r.server.shutdown()
+
+
+async def test_idle_connections_time_out(tmp_path: Path, agent: Any, bot_specs: Any) -> None:
+    r = await start_server(tmp_path, {"smol": agent}, bot_specs, idle_timeout_s=0.5)
+    try:
+        c = await r.opened()
+        frame = await c.recv(10)
+        assert frame["type"] == "error" and frame["code"] == "idle_timeout" and frame["retryable"] is True
+        with pytest.raises(ConnectionClosed) as info:
+            await c.recv(10)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+        again = await r.client()  # the session itself lives on: reconnect and resume it
+        assert (await again.open("smol", session_id=c.session_id, resume_from_seq=0))["resumed"] is True
+        await again.close()
+    finally:
+        await r.server.shutdown()

@@ -365,23 +365,22 @@ class Hub:
             self.pool.submit(turn.job)
             while True:
                 item, t0 = await items.get()
-                if isinstance(item, BaseException) or not hasattr(item, "finish_reason"):
-                    if isinstance(item, BaseException):
-                        await self._finish(s, turn, None, item, first)
-                        return
-                    if first is None:
-                        first = time.perf_counter()
-                        self.metrics.ttft.observe(first - turn.received)
-                    async with s.lock:
-                        if s.next_seq > s.seq_reserved:
-                            s.seq_reserved = s.next_seq + SEQ_WINDOW
-                            await self.db(self.store.reserve_seq, s.id, s.seq_reserved)
-                        delta = self._frame(s, "response.delta", response_id=turn.response_id, text=item.text)
-                        s.pending.append(delta)
-                        self._send(s, delta, t0)
-                    continue
-                await self._finish(s, turn, item, None, first)
-                return
+                if isinstance(item, BaseException):  # the turn failed before the agent could answer
+                    await self._finish(s, turn, None, item, first)
+                    return
+                if hasattr(item, "finish_reason"):  # the Reply: the turn is over
+                    await self._finish(s, turn, item, None, first)
+                    return
+                if first is None:
+                    first = time.perf_counter()
+                    self.metrics.ttft.observe(first - turn.received)
+                async with s.lock:
+                    if s.next_seq > s.seq_reserved:
+                        s.seq_reserved = s.next_seq + SEQ_WINDOW
+                        await self.db(self.store.reserve_seq, s.id, s.seq_reserved)
+                    delta = self._frame(s, "response.delta", response_id=turn.response_id, text=item.text)
+                    s.pending.append(delta)
+                    self._send(s, delta, t0)
         except Exception as exc:
             log.exception("turn %s failed", turn.response_id)
             await self._finish(s, turn, None, exc, first)
