@@ -582,7 +582,8 @@ def _materialise(target: Path, items: list[Item], vectors: np.ndarray, emb: Embe
     """Write a whole store into a temp dir beside `target`, then swap it in. On any failure: nothing changes."""
     target = target.absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.build-", dir=target.parent))
+    _remove_abandoned(target)
+    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.build-{os.getpid()}-", dir=target.parent))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(staged, 0o777 & ~umask)  # mkdtemp's 0700 is for the staging window only
@@ -607,6 +608,20 @@ def _materialise(target: Path, items: list[Item], vectors: np.ndarray, emb: Embe
         if staged.exists():
             shutil.rmtree(staged, ignore_errors=True)
     return target
+
+
+def _remove_abandoned(target: Path) -> None:
+    """Staging directories of builds that were killed (their process is gone) beside `target`."""
+    for staged in target.parent.glob(f".{target.name}.build-*-*"):
+        try:
+            pid = int(staged.name[len(f".{target.name}.build-") :].split("-", 1)[0])
+            os.kill(pid, 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            shutil.rmtree(staged, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            continue
 
 
 def _report_from(manifest: dict[str, Any], added: int, report: CurationReport, skipped: list[SourceError],

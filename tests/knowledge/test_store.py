@@ -155,6 +155,8 @@ def test_killed_build_leaves_the_previous_store_loadable(tmp_path, config):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert [it.id for it in Store.open(out, config=config).items] == old_ids
+    Store.build([DATA / "qa.csv"], out, progress=False, config=config)  # the next build clears the dead one's dir
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kb"]
 
 
 def test_hnsw_above_the_threshold(tmp_path, embedder, config, monkeypatch):
