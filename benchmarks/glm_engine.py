@@ -92,17 +92,24 @@ def cpu_section(args) -> dict:
 
 
 def gpu_section(args, moe: bool) -> dict:
+    """Eager vs our kernels vs DeepSpeed-Inference. `--smoke` runs the same code on a small model on whatever
+    device there is (CPU: float32, kernels fall back to their references) to check the script itself."""
     import inference_kernels
 
-    cfg_kwargs = dict(LARGE)
+    cuda = torch.cuda.is_available()
+    cfg_kwargs = dict(SMALL if args.smoke else LARGE)
     if moe:
-        cfg_kwargs.update(moe_layers=list(range(1, 24, 2)), num_experts=8, moe_top_k=2)
+        layers = cfg_kwargs["num_layers"]
+        cfg_kwargs.update(moe_layers=list(range(1, layers, 2)), num_experts=8, moe_top_k=2)
     cfg = GLMConfig(**cfg_kwargs)
+    dtype = torch.float16 if cuda else torch.float32
     torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = GLMModel(cfg).to(torch.float16).eval()
-    name = f"GLM-large-sized{' MoE 8x top-2' if moe else ''} ({model.num_parameters() / 1e6:.0f}M params, fp16)"
-    results = {"model": name, "device": torch.cuda.get_device_name(), "rows": []}
+    with torch.device("cuda" if cuda else "cpu"):
+        model = GLMModel(cfg).to(dtype).eval()
+    size = "small" if args.smoke else "GLM-large-sized"
+    name = f"{size}{' MoE 8x top-2' if moe else ''} ({model.num_parameters() / 1e6:.0f}M params, {dtype})"
+    device_name = torch.cuda.get_device_name() if cuda else f"CPU {platform.machine()}"
+    results = {"model": name, "device": device_name, "rows": []}
     modes = {}
 
     def eager():
@@ -134,7 +141,7 @@ def gpu_section(args, moe: bool) -> dict:
         from xdai.model.parallel import init_inference
 
         os.environ["XDAI_KERNELS"] = "off"
-        engine = init_inference(model, tp_size=1, dtype=torch.float16)
+        engine = init_inference(model, tp_size=1, dtype=dtype)
         for row, batch in zip(results["rows"], args.gpu_batches, strict=True):
             rows = prompts(cfg, batch, args.gpu_prompt)
             run(engine.module, rows, 8, True)
@@ -151,10 +158,11 @@ def gpu_section(args, moe: bool) -> dict:
 def markdown(report: dict) -> str:
     lines = [f"## GLM engine (`benchmarks/glm_engine.py`, {report['date']})", ""]
     cpu = report["cpu"]
-    lines += [f"CPU ({report['cpu_name']}, {torch.get_num_threads()} threads), {cpu['model']}, greedy, "
-              f"best of {report['repeats']}:", "",
-              "| batch | prompt | new tokens | with KV cache tok/s | without tok/s | speed-up | TTFT cached ms |",
-              "|---|---|---|---|---|---|---|"]
+    if cpu["rows"]:
+        lines += [f"CPU ({report['cpu_name']}, {torch.get_num_threads()} threads), {cpu['model']}, greedy, "
+                  f"best of {report['repeats']}:", "",
+                  "| batch | prompt | new tokens | with KV cache tok/s | without tok/s | speed-up | TTFT cached ms |",
+                  "|---|---|---|---|---|---|---|"]
     for r in cpu["rows"]:
         lines.append(f"| {r['batch']} | {r['prompt']} | {r['new_tokens']} | {r['with_cache']['total_tok_s']:.1f} | "
                      f"{r['without_cache']['total_tok_s']:.1f} | {r['speedup']:.2f}x | "
@@ -185,6 +193,8 @@ def main() -> None:
     parser.add_argument("--gpu-tokens", type=int, default=128)
     parser.add_argument("--gpu-batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--skip-cpu", action="store_true")
+    parser.add_argument("--smoke", action="store_true",
+                        help="with --gpu: a small model, on CPU when there is no GPU (checks the script runs)")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (default 1: on a loaded machine more threads spin and run slower)")
     parser.add_argument("--json", type=Path, default=None)
@@ -195,8 +205,8 @@ def main() -> None:
               "repeats": args.repeats, "torch": torch.__version__}
     report["cpu"] = cpu_section(args) if not args.skip_cpu else {"model": "-", "rows": []}
     if args.gpu:
-        if not torch.cuda.is_available():
-            sys.exit("--gpu: no CUDA device")
+        if not torch.cuda.is_available() and not args.smoke:
+            sys.exit("--gpu: no CUDA device (add --smoke to run the comparison on CPU with a small model)")
         report["gpu"] = [gpu_section(args, moe=False)] + ([gpu_section(args, moe=True)] if args.moe else [])
     text = markdown(report)
     print(text)

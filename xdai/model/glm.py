@@ -372,17 +372,3 @@ class GLMModel(nn.Module):
 
 
 GLMBlock = InfillingDecoderLayer
-
-
-def parameter_count(cfg: GLMConfig) -> int:
-    """Parameters of a model with this config, without building it."""
-    h, f, e = cfg.hidden_size, cfg.ffn_size, cfg.num_experts
-    positions = cfg.max_sequence_length + (1 if cfg.block_position_encoding else 0)
-    emb = cfg.vocab_size * h + positions * h * (2 if cfg.block_position_encoding else 1)
-    attn = 3 * h * h + 3 * h + h * h + h + 4 * h
-    dense = 2 * h * f + f + h
-    moe = h * e + e * (2 * h * f + f + h) + (dense if cfg.moe_shared_expert else 0)
-    n_moe = len(set(cfg.moe_layers))
-    return emb + cfg.num_layers * attn + (cfg.num_layers - n_moe) * dense + n_moe * moe + 2 * h
-
-
