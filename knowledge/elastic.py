@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
 from collections import Counter
@@ -146,6 +147,8 @@ class ElasticStore:
         """Curate `sources`, bulk-index them into a new index and move `alias` onto it atomically."""
         from xdai.config import load_config
 
+        if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", alias):
+            raise StoreError(f"{alias!r}: an Elasticsearch store name must be lower case letters, digits, '.', '_', '-'")
         config = config if config is not None else load_config()
         rest = _Rest(client or connect(url))
         emb = resolve_embedder(embedder, config)
@@ -176,12 +179,12 @@ class ElasticStore:
 
         config = self.config if self.config is not None else load_config()
         start = time.perf_counter()
+        encoder = passage_embedder(self.embedder, config, embed_cache)
         existing = self.items
-        vectors = self._vectors([it.id for it in existing])
+        vectors = self._vectors(existing, encoder)
         shadow = _Existing(existing, vectors)
         new, new_vectors, report, skipped, labels = curate_sources(
-            sources, passage_embedder(self.embedder, config, embed_cache), config, skip_bad=skip_bad, progress=progress,
-            existing=shadow,
+            sources, encoder, config, skip_bad=skip_bad, progress=progress, existing=shadow,
         )
         if new:
             items = existing + new
@@ -304,11 +307,18 @@ class ElasticStore:
             yield from (h["_source"] for h in hits)
             after = hits[-1]["sort"]
 
-    def _vectors(self, ids: list[str]) -> np.ndarray:
-        by_id = {src["id"]: src["vector"] for src in self._scan(["id", "vector"])}
-        if not ids:
-            return np.zeros((0, self.embedder.dim), dtype=np.float32)
-        return np.asarray([by_id[i] for i in ids], dtype=np.float32)
+    def _vectors(self, items: list[Item], encoder: Embedder) -> np.ndarray:
+        """The indexed vectors of `items`, from _source; re-encoded (through the cache) where the server leaves
+        vectors out of _source (newer 9.x servers may)."""
+        by_id = {src["id"]: src.get("vector") for src in self._scan(["id", "vector"])}
+        out = np.zeros((len(items), self.embedder.dim), dtype=np.float32)
+        missing = [i for i, it in enumerate(items) if not by_id.get(it.id)]
+        for i, it in enumerate(items):
+            if by_id.get(it.id):
+                out[i] = by_id[it.id]
+        if missing:
+            out[missing] = encoder.encode([items[i].search_text for i in missing], role="passage")
+        return out
 
     def _tracker(self) -> EntityTracker:
         knowledge: dict[str, list[str]] = {}

@@ -36,6 +36,11 @@ def test_index_body_has_analysed_text_and_a_dense_vector():
     assert props["kind"]["type"] == "keyword" and body["mappings"]["_meta"]["format"] == "xdai-es/1"
 
 
+def test_store_name_must_be_a_valid_index_name():
+    with pytest.raises(StoreError, match="must be lower case"):
+        ElasticStore.build([DATA / "qa.jsonl"], "Travel KB", url="http://127.0.0.1:1")
+
+
 @pytest.fixture()
 def alias():
     name = f"xdai-test-{uuid.uuid4().hex[:8]}"
