@@ -157,3 +157,18 @@ def test_command_tokens_other_than_end_of_piece_are_never_sampled(hub_dir):
     produced = {t for step in steps for t in step if t is not None}
     assert produced and not produced & set(special.banned)
     assert tok.cls_id in special.banned and tok.eop_id not in special.banned
+
+
+def test_sharded_checkpoint_with_index(tmp_path):
+    source = tiny_model(seed=6)
+    directory = write_hub_checkpoint(tmp_path / "sharded", source, prefix="glm.")
+    state = torch.load(directory / "pytorch_model.bin", weights_only=True)
+    (directory / "pytorch_model.bin").unlink()
+    names = sorted(state)
+    shards = {"pytorch_model-00001-of-00002.bin": names[::2], "pytorch_model-00002-of-00002.bin": names[1::2]}
+    for file, keys in shards.items():
+        torch.save({k: state[k] for k in keys}, directory / file)
+    weight_map = {k: file for file, keys in shards.items() for k in keys}
+    (directory / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    ids, pos, sep = _inputs()
+    torch.testing.assert_close(load_model(directory)(ids, pos, sep).logits, source(ids, pos, sep).logits)

@@ -15,6 +15,7 @@ import torch
 
 from xdai.backends.base import GenerationSettings
 from xdai.model.glm import GLMModel
+from xdai.model.tokenizer import MASK_TOKENS
 
 
 @dataclass(frozen=True)
@@ -231,10 +232,9 @@ def fill_text(model: GLMModel, texts: Sequence[str], settings: GenerationSetting
 
 
 def _replace_masks(text: str, pieces: list[str], tok) -> str:
-    parts = tok._split.split(text)
     out, k = [], 0
-    for part in parts:
-        if part in ("[MASK]", "[sMASK]", "[gMASK]") and k < len(pieces):
+    for part in tok.split_commands(text):
+        if part in MASK_TOKENS and k < len(pieces):
             out.append(pieces[k])
             k += 1
         else:

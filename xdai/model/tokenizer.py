@@ -78,12 +78,14 @@ class GLMTokenizer:
         return tuple(self.command_ids[t] for t in MASK_TOKENS if t in self.command_ids)
 
     # text --------------------------------------------------------------------------------------------------------
+    def split_commands(self, text: str) -> list[str]:
+        """`text` cut into plain pieces and command tokens ("a[MASK]b" -> ["a", "[MASK]", "b"])."""
+        return [part for part in self._split.split(text) if part]
+
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`; command tokens written in the text ([MASK], [gMASK], ...) become their ids."""
         ids: list[int] = []
-        for part in self._split.split(text):
-            if not part:
-                continue
+        for part in self.split_commands(text):
             if part in self.command_ids:
                 ids.append(self.command_ids[part])
             elif part.strip():
