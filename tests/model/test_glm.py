@@ -37,6 +37,10 @@ def test_separator_and_full_mask_agree():
     a = model(ids, positions(9, 2), sep).logits
     b = model(ids, positions(9, 2), prefix_lm_mask(sep, 9)).logits
     torch.testing.assert_close(a, b)
+    scalar = model(ids, positions(9, 2), torch.tensor(4)).logits  # one separator for the whole batch
+    torch.testing.assert_close(scalar, model(ids, positions(9, 2), torch.tensor([4, 4])).logits)
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(ids, positions(9, 2), torch.tensor([1, 2, 3]))
 
 
 def test_part_a_bidirectional_part_b_causal():
