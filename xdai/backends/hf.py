@@ -56,6 +56,11 @@ def load_hf(
             )
         else:
             lm.to(device)
+        if device.startswith("cuda"):
+            # Fused Triton MoE blocks (Mixtral, Qwen2Moe, Glm4Moe) on the GPU; XDAI_KERNELS=off opts out.
+            import inference_kernels
+
+            inference_kernels.inject(lm)
         _LOADED[key] = (lm, tokenizer, threading.Lock())
         return _LOADED[key]
 
