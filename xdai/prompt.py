@@ -195,7 +195,7 @@ class Prompt:
             lines.append(f"[{part.kind}] {_reason(part)}")
             lines.extend("    " + line for line in (part.text + MASK if part.kind == "mask" else part.text).splitlines())
         if self.dropped:
-            lines += ["", "left out, and dropped to fit the budget (least relevant first):"]
+            lines += ["", "dropped to fit the budget (least relevant first):"]
             lines.extend(f"  - [{p.kind}] {_reason(p)}: {clip_text(p.text.replace(chr(10), ' / '), 60)}" for p in self.dropped)
         if self.selection:
             lines += ["", "history selection: score = alpha^(t-i) × cos(emb([U_i;S_i]), emb(U_t))"]
@@ -223,7 +223,7 @@ def _reason(part: Part) -> str:
     if part.kind == "lore":
         return f"lorebook entry keys={why.get('keys')} position={why.get('position')}"
     if part.kind == "example":
-        return f"example dialogue {why.get('index')}" + (f" ({why['reason']})" if why.get("reason") else "")
+        return f"example dialogue {why.get('index')}"
     if part.kind == "persona":
         return f"persona {why.get('persona', '')} ({why.get('file', '')})"
     if part.kind == "post_response":
@@ -328,11 +328,7 @@ class PromptBuilder:
         condition: tuple[str, str] | None = None,
         budget_tokens: int | None = None,
     ) -> Prompt:
-        """Order the parts, then fit them to `budget_tokens` (the persona's budget when None).
-
-        Example dialogues are left out of a turn that carries knowledge for the utterance: small models copy
-        the examples' content instead of using the knowledge (measured in docs/turn.md).
-        """
+        """Order the parts, then fit them to `budget_tokens` (the persona's budget when None)."""
         persona = self.persona
         budget = int(budget_tokens if budget_tokens is not None else persona.selection.budget_tokens)
         exchange_knowledge = exchange_knowledge or {}
@@ -380,18 +376,12 @@ class PromptBuilder:
             parts.append(Part("background", text, TIER_BACKGROUND + _unit(item.score), item.why("background")))
 
         examples = list(persona.mes_example or [])
-        set_aside: list[Part] = []
         for number, dialogue in enumerate(examples):
             lines = [header[4]] + [
                 self.line(self.bot if ln.speaker == "bot" else self.user, self._own_raw(ln.text)) for ln in dialogue
             ]
             prio = TIER_EXAMPLE + _unit(1.0 - number / max(len(examples), 1))
-            part = Part("example", "\n".join(lines), prio, {"index": number})
-            if utterance_knowledge is None:
-                parts.append(part)
-            else:
-                part.why["reason"] = "left out: this turn carries knowledge for the utterance"
-                set_aside.append(part)
+            parts.append(Part("example", "\n".join(lines), prio, {"index": number}))
 
         last = max((s.index for s in selection if s.selected), default=None)
         for scored in selection:
@@ -413,9 +403,7 @@ class PromptBuilder:
         if condition is not None:
             name, post = condition
             parts.append(Part("post_response", self.line(self.user, post), why={"condition": name, "text": post}))
-        prompt = self._fit(parts, budget, utterance, list(selection), condition[0] if condition else None)
-        prompt.dropped = set_aside + prompt.dropped
-        return prompt
+        return self._fit(parts, budget, utterance, list(selection), condition[0] if condition else None)
 
     def _own_raw(self, text: str) -> str:
         return self.persona.fill_macros(text or "")
