@@ -124,7 +124,11 @@ async def _until(c: Client, pred: Any) -> dict[str, Any]:
 
 
 async def test_a_full_queue_answers_busy_at_once(tmp_path: Path, agent: Any, bot_specs: Any) -> None:
-    r = await start_server(tmp_path, {"smol": agent}, bot_specs, workers=1, queue_size=0)
+    from xdai.service.sessions import SQLiteSessionStore
+
+    store = SQLiteSessionStore(tmp_path / "normal.sqlite3", synchronous="NORMAL")  # commits inline on the loop
+    assert store.inline
+    r = await start_server(tmp_path, {"smol": agent}, bot_specs, store, workers=1, queue_size=0)
     try:
         a, b = await r.opened(), await r.opened()
         ma, mb = await a.send("first"), await b.send("second")

@@ -196,7 +196,9 @@ class Hub:
         self.closing = False
 
     async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a store call on the store's own thread (SQLite connections stay on one thread)."""
+        """Run a store call on the store's own thread, or right here when the store says its writes are cheap."""
+        if getattr(self.store, "inline", False):
+            return fn(*args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self._db, lambda: fn(*args, **kwargs))
 
     async def recover(self) -> list[tuple[str, str]]:
