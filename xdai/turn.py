@@ -8,6 +8,7 @@ leaves the session as it was.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -412,15 +413,37 @@ class ReplyFilter:
 
 
 async def _until_cancelled(pieces: AsyncIterator[str], cancel: asyncio.Event | None) -> AsyncIterator[str]:
+    """`pieces` until they end or `cancel` is set, whichever comes first (also while waiting for a piece)."""
+    iterator = pieces.__aiter__()
+    waiter = asyncio.ensure_future(cancel.wait()) if cancel is not None else None
     try:
-        async for piece in pieces:
-            if cancel is not None and cancel.is_set():
-                break
+        while True:
+            if waiter is None:
+                try:
+                    piece = await iterator.__anext__()
+                except StopAsyncIteration:
+                    return
+                yield piece
+                continue
+            step = asyncio.ensure_future(iterator.__anext__())
+            done, _ = await asyncio.wait({step, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if step not in done:  # cancelled while the model was busy: stop it where it is
+                step.cancel()
+                with contextlib.suppress(BaseException):
+                    await step
+                return
+            try:
+                piece = step.result()
+            except StopAsyncIteration:
+                return
             yield piece
     finally:
-        close = getattr(pieces, "aclose", None)
+        if waiter is not None:
+            waiter.cancel()
+        close = getattr(iterator, "aclose", None)
         if close is not None:
-            await close()
+            with contextlib.suppress(RuntimeError):
+                await close()
 
 
 def _safety(persona: Any) -> tuple[list[str], str]:

@@ -88,6 +88,11 @@ def test_cancel_ends_the_turn_as_cancelled(robo, smollm2):
     assert events[-1].finish_reason == "cancelled"
     assert sum(isinstance(e, Reply) for e in events) == 1
 
+    early = asyncio.Event()
+    early.set()  # cancelled while the model is still reading the prompt: no piece is waited for
+    events = run(agent, agent.new_history(), "Tell me a long story about the sea.", cancel=early)
+    assert len(events) == 1 and events[0].finish_reason == "cancelled" and events[0].text == ""
+
 
 def test_conditions_named_free_and_unknown(robo):
     agent = Agent(robo, backend=None)
