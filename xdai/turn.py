@@ -183,8 +183,9 @@ class Agent:
             raise RuntimeError("this Agent has no backend: build it with a backend to generate replies")
         filt = ReplyFilter(prompt.stop_sequences(), _safety(self.persona))
         finish, error = "stop", None
+        reranked = self._rerank_count() > 1 or bool(self._gen("inverse_prompting", False))
         try:
-            if self._rerank_count() > 1 or self._gen("inverse_prompting", False):
+            if reranked:
                 pieces = self._reranked(prompt, settings, utterance)
             else:
                 pieces = self.backend.fill(prompt.render(), settings)
@@ -208,6 +209,8 @@ class Agent:
         tail = filt.flush()
         if tail:
             yield Delta(tail)
+        if reranked and filt.text:  # the best candidate arrives whole: count its tokens
+            usage["completion_tokens"] = self.count_tokens(filt.text)
         yield Reply(
             text=filt.text.strip(),
             finish_reason=finish,
