@@ -217,3 +217,16 @@ def test_chat_streams_explains_resets_and_saves(tmp_path):
     assert "(history cleared)" in out
     rows = [json.loads(line) for line in saved.read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 1 and rows[0]["user"] == "What is the capital of France?" and rows[0]["bot"]
+
+
+def test_prompt_command_reads_history_and_reports_bad_lines(tmp_path, gu_store):
+    good = tmp_path / "h.jsonl"
+    good.write_text('{"user": "你喜欢什么运动？", "bot": "我最喜欢滑雪啦！"}\n', encoding="utf-8")
+    result = CliRunner().invoke(main, ["prompt", "--knowledge", str(gu_store), "--history", str(good), "谷爱凌好厉害呀"])
+    assert result.exit_code == 0, result.output
+    assert "history selection: score = alpha^(t-i)" in result.stdout and "#0   kept" in result.stdout
+    assert "[lore] lorebook entry keys=['滑雪', 'ski', 'skiing']" in result.stdout  # triggered by the history
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"user": "a", "bot": "b"}\n{"usr": "x"}\n', encoding="utf-8")
+    result = CliRunner().invoke(main, ["prompt", "--history", str(bad), "hi"])
+    assert result.exit_code != 0 and f"{bad}:2: unknown key(s) ['usr']" in result.output
