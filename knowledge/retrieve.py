@@ -70,7 +70,10 @@ class HybridRetriever:
         self._kind = np.array([it.kind for it in self.items])
         self._by_entity: dict[str, list[int]] = {}
         for i, it in enumerate(self.items):
-            for name in {it.entity, it.title} - {None, ""}:
+            names = {it.entity, it.title} - {None, ""}
+            if not names and it.q:  # a hand-written QA pair belongs to the entities its question names
+                names = set(self.tracker.mentions(it.q))
+            for name in names:
                 self._by_entity.setdefault(name, []).append(i)
 
     # -- public face -------------------------------------------------------------------------------------------

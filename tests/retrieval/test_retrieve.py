@@ -11,6 +11,7 @@ import pytest
 
 from knowledge.bm25 import BM25Index, default_tokenizer_spec
 from knowledge.embed import get_embedder
+from knowledge.item import Item
 from knowledge.retrieve import HybridRetriever, rrf
 
 from .conftest import kb_items
@@ -122,3 +123,18 @@ def test_malformed_batch_entries_are_named(parts):
         retriever.search_batch([{"query": "故宫"}, {"text": "天坛"}])
     with pytest.raises(ValueError, match="query 1: 'context' must be a list"):
         retriever.search("门票多少钱？", context="你知道故宫吗？")
+
+
+def test_a_hand_written_qa_pair_belongs_to_the_entity_its_question_names(parts):
+    _, _, _, embedder = parts
+    items = [
+        Item(id="d", kind="description", text="故宫又称紫禁城，是明清两代的皇宫。", title="故宫"),
+        Item(id="q1", kind="qa", text="故宫的门票多少钱？\n旺季60元。", q="故宫的门票多少钱？", a="旺季60元。"),
+        Item(id="q2", kind="qa", text="天坛在哪里？\n天坛路甲1号。", q="天坛在哪里？", a="天坛路甲1号。"),
+    ]
+    vectors = embedder.encode([it.text for it in items], role="passage")
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    bm25 = BM25Index.build([it.text for it in items], default_tokenizer_spec(items))
+    hits = HybridRetriever(items, index, bm25, embedder).search("那它的门票呢？", context=["你知道故宫吗？"], top_k=3)
+    assert [h.item.id for h in hits][:2] == ["q1", "d"]
