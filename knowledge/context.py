@@ -2,8 +2,9 @@
 
 "那它的门票是怎么收费的？" names no attraction: "它" is the one named a few turns earlier. `EntityTracker` finds
 entity names (and their short forms: "鸟巢（国家体育场）" is also "鸟巢" and "国家体育场") in the utterance and in
-the dialogue before it, and picks the entity the utterance is about: one it names itself, else the most recently
-named one within a window of messages. The retriever then searches with the entity's name added to the query and
+the dialogue before it and picks the entity the utterance is about: reading the last messages oldest first, each
+name becomes the focus, unless it sits in words quoted from the current focus's own knowledge (an address or a
+ticket rule that names another place). The retriever then searches with the focus's name added to the query and
 ranks that entity's items first. What was measured and chosen is in docs/retrieval.md.
 """
 
@@ -74,7 +75,11 @@ class EntityTracker:
         exact = {normalize(n).strip(): n for n in names if n and n.strip()}
         for form, name in exact.items():  # a name's own form wins over another name's short form
             self._canonical[form] = name
-        derived = {form: name for name in exact.values() for form in aliases(name) if form not in exact}
+        owners: dict[str, set[str]] = {}
+        for name in exact.values():
+            for form in aliases(name) - exact.keys():
+                owners.setdefault(form, set()).add(name)
+        derived = {form: next(iter(names)) for form, names in owners.items() if len(names) == 1}
         generic = _shared_forms(derived, exact)
         for form, name in derived.items():
             long_enough = len(form) >= (min_cjk_chars if _HAS_CJK.search(form) else min_latin_chars)

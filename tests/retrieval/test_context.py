@@ -67,3 +67,9 @@ def test_the_window_bounds_how_far_back_a_name_counts(items):
 def test_full_width_text_is_matched_after_normalisation(items):
     tracker = EntityTracker.from_items(items)
     assert tracker.mentions("鸟巢（国家体育场）在哪？") == ("鸟巢（国家体育场）",)
+
+
+def test_a_short_form_two_names_share_is_no_ones():
+    tracker = EntityTracker(["星光（北京店）", "星光（上海店）"])
+    assert tracker.mentions("星光怎么样") == ()
+    assert tracker.mentions("北京店怎么样") == ("星光（北京店）",)
