@@ -139,6 +139,7 @@ async def test_a_flood_is_rate_limited_and_answered_once(tmp_path: Path, agent: 
         await r.server.shutdown()
 
 
+@pytest.mark.slow
 async def test_a_slow_reader_is_dropped_without_stalling_others(tmp_path: Path, agent: Any, bot_specs: Any) -> None:
     r = await start_server(tmp_path, {"smol": agent}, bot_specs, send_buffer_frames=64, rate_limit_per_s=1e6,
                            rate_limit_burst=1e6, ip_rate_limit_per_s=1e6)

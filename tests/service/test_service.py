@@ -50,6 +50,7 @@ async def test_a_reply_streams_with_grounding_and_is_stored(running: Running) ->
     await c.close()
 
 
+@pytest.mark.slow
 async def test_resume_replays_missed_frames_without_duplicates(running: Running) -> None:
     c = await running.client()
     await c.open("smol")
@@ -81,6 +82,7 @@ async def test_resume_replays_missed_frames_without_duplicates(running: Running)
     await c2.close()
 
 
+@pytest.mark.slow
 async def test_a_repeated_message_id_never_produces_a_second_reply(running: Running) -> None:
     c = await running.opened()
     result = await c.chat("hi", id="same-id")
