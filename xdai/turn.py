@@ -304,14 +304,19 @@ class Agent:
                 continue
             memo = history.cached(scored.index, key)
             if memo is None:
-                memo = self._nearest_qa(vectors[scored.index]) if vectors is not None else None
+                before = _recent_texts(History(history.exchanges[: scored.index]), spec.lore_scan_turns)
+                memo = self._nearest_qa(vectors[scored.index], scored.exchange.text(), before) if vectors is not None else None
                 history.remember(scored.index, key, memo if memo is not None else False)
             if memo:
                 per_exchange[scored.index] = memo
         return qa[: max(spec.top_k, 1)], background[: spec.background_k], per_exchange
 
-    def _nearest_qa(self, vector: Any) -> Knowledge | None:
-        """The QA item with the highest cosine to `vector` over all stores, if above the threshold."""
+    def _nearest_qa(self, vector: Any, text: str, context: list[str]) -> Knowledge | None:
+        """The QA item with the highest cosine to an exchange's `vector` over all stores, above the threshold.
+
+        When the store's entity tracker resolves what the exchange is about (named in it, or in the `context`
+        before it), only that entity's QA pairs qualify: "那它那里需要门票吗？" must not get another place's ticket price.
+        """
         from knowledge.item import Hit
 
         best: Knowledge | None = None
@@ -320,12 +325,15 @@ class Agent:
             index, items = getattr(named.store, "dense_index", None), getattr(named.store, "items", None)
             if index is None or not items or index.d != query.shape[1]:
                 continue
+            tracker = getattr(getattr(named.store, "retriever", None), "tracker", None)
+            entity = tracker.resolve(text, context).entity if tracker is not None else None
             scores, ids = index.search(query, min(NEAREST_QA_DEPTH, index.ntotal))
             for score, i in zip(scores[0], ids[0], strict=True):
-                if i >= 0 and items[i].kind == "qa":
-                    if float(score) >= self.persona.selection.qa_threshold and (best is None or score > best.score):
-                        best = Knowledge.from_hit(Hit(items[i], float(score)), store=named.name)
-                    break
+                if i < 0 or items[i].kind != "qa" or (entity and entity not in (items[i].entity, items[i].title)):
+                    continue
+                if float(score) >= self.persona.selection.qa_threshold and (best is None or score > best.score):
+                    best = Knowledge.from_hit(Hit(items[i], float(score)), store=named.name)
+                break
         return best
 
     def _relevant(self, hit: Any, store: str) -> Knowledge | None:
