@@ -19,10 +19,11 @@ if TYPE_CHECKING:
               help="xdai.yaml to read (default: $XDAI_CONFIG or ./xdai.yaml when present).")
 @click.option("--host", default=None, help="Address to bind (default: server.host, 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port to bind (default: server.port, 8765; 0 picks a free one).")
-@click.option("--bot", "bots", multiple=True, help="Bot to host (repeatable; default: server.bots).")
+@click.option("--bot", "bots", multiple=True, help="Bot to host (repeatable; default: server.bots; \"*\": every bot).")
 def serve(config_path: str | None, host: str | None, port: int | None, bots: tuple[str, ...]) -> None:
     """Serve bots: WebSocket at /ws, the chat page at /, /healthz, /metrics, /bots."""
-    from bots.registry import BotError, build_agent, load_bots
+    from bots.assemble import build_bot
+    from bots.registry import BotError, load_bots
     from xdai.config import ConfigError, load_config
     from xdai.service.server import XdaiServer
     from xdai.service.sessions import open_store
@@ -38,6 +39,8 @@ def serve(config_path: str | None, host: str | None, port: int | None, bots: tup
     server_cfg.host = host or server_cfg.host
     server_cfg.port = server_cfg.port if port is None else port
     names = list(bots) or list(server_cfg.bots)
+    if "*" in names:  # every declared bot
+        names = sorted(declared)
     missing = [n for n in names if n not in declared]
     if missing:
         raise click.ClickException(f"server.bots: no bot named {', '.join(map(repr, missing))} in {cfg.paths.bots_dir} "
@@ -46,7 +49,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, bots: tup
     for name in names:
         started = time.monotonic()
         try:
-            agents[name] = build_agent(declared[name], cfg.paths.stores_dir)
+            agents[name] = build_bot(declared[name], cfg.paths.stores_dir)
         except (ValueError, FileNotFoundError, RuntimeError) as exc:
             raise click.ClickException(f"bot {name}: {exc}") from None
         click.echo(f"bot {name}: ready ({declared[name].backend}/{declared[name].model}, "
@@ -56,13 +59,17 @@ def serve(config_path: str | None, host: str | None, port: int | None, bots: tup
     # Generation threads run Python between tokens; a short GIL switch interval keeps the event loop (acks,
     # delta forwarding) responsive while they do. Throughput is bound by the model, not by switching.
     sys.setswitchinterval(0.001)
-    asyncio.run(_serve(XdaiServer(server_cfg, declared, agents, store)))
+    asyncio.run(_serve(XdaiServer(server_cfg, declared, agents, store), cfg.paths.bots_dir, cfg.paths.stores_dir))
 
 
-async def _serve(server: XdaiServer) -> None:
+async def _serve(server: XdaiServer, bots_dir: str, stores_dir: str) -> None:
+    from bots.reload import Reloader
+
     port = await server.start()
+    reloader = asyncio.create_task(Reloader(bots_dir, server.bots, server.agents, stores_dir).run())
     cfg = server.cfg
     click.echo(f"serving http://{cfg.host}:{port}/ (WebSocket ws://{cfg.host}:{port}/ws; bots: "
                f"{', '.join(sorted(server.agents))}; sessions: {cfg.session_store})", err=True)
     await server.run()
+    reloader.cancel()
     click.echo("server stopped", err=True)

@@ -261,7 +261,20 @@ class Hub:
                 unlogged = [f for f in s.pending if f["seq"] > resume_from_seq and f["seq"] not in seqs]
                 for frame in sorted(logged + unlogged, key=lambda f: f["seq"]):
                     sink.push(frame)
+        opener = getattr(s.agent, "open_session", None)  # a bot with a flow (bots/flows.py): hooks, timers, events
+        if opener is not None:
+            opener(s.id, s.history, lambda name, data: self.emit_event(s, name, data), resumed=resumed)
         return s
+
+    def emit_event(self, s: LiveSession, name: str, data: Any) -> None:
+        """Send a bot's ``event`` outside a turn (a flow's on_open, a timer), from the server's loop."""
+        asyncio.ensure_future(self._event(s, name, data))
+
+    async def _event(self, s: LiveSession, name: str, data: Any) -> None:
+        async with s.lock:
+            frame = self._frame(s, "event", name=name, data=data)
+            await self.db(self.store.log_frames, s.id, [frame])
+            self._send(s, frame)
 
     async def _load(self, session_id: str) -> LiveSession:
         cached = self.sessions.get(session_id)
@@ -298,7 +311,9 @@ class Hub:
         now = time.monotonic()
         stale = [sid for sid, s in self.sessions.items() if s.sink is None and s.turn is None and now - s.touched > idle_s]
         for sid in stale:
-            del self.sessions[sid]
+            closer = getattr(self.sessions.pop(sid).agent, "close_session", None)
+            if closer is not None:
+                closer(sid)
         return len(stale)
 
     # -- one message -----------------------------------------------------------------------------------------
@@ -367,6 +382,15 @@ class Hub:
             self.pool.submit(turn.job)
             while True:
                 item, t0 = await items.get()
+                if getattr(item, "is_event", False):  # a flow's event during the turn, logged with the reply
+                    async with s.lock:
+                        if s.next_seq > s.seq_reserved:
+                            s.seq_reserved = s.next_seq + SEQ_WINDOW
+                            await self.db(self.store.reserve_seq, s.id, s.seq_reserved)
+                        frame = self._frame(s, "event", name=item.name, data=item.data)
+                        s.pending.append(frame)
+                        self._send(s, frame, t0)
+                    continue
                 if isinstance(item, BaseException):  # the turn failed before the agent could answer
                     await self._finish(s, turn, None, item, first)
                     return

@@ -5,6 +5,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   ws: null, bot: null, sessionId: null, lastSeq: 0, inFlight: null, unacked: null,
   retryDelay: 500, reconnectTimer: null, intentional: false, rendered: new Set(),
+  timer: null, chipIntro: "", ended: false,
 };
 const store = {
   key: (bot) => `xdai:${bot}`,
@@ -26,7 +27,7 @@ const store = {
 
 function setStatus(text, kind) { const el = $("status"); el.textContent = text; el.dataset.state = kind; }
 function showError(text) { const el = $("error"); el.textContent = text; el.hidden = !text; }
-function busy(on) { state.inFlight = on; $("send").disabled = !!on; $("stop").hidden = !on; }
+function busy(on) { state.inFlight = on; $("send").disabled = !!on || state.ended; $("stop").hidden = !on; }
 
 function bubble(kind, id, text) {
   const el = document.createElement("div");
@@ -58,9 +59,12 @@ function whyPanel(grounding) {
   return details;
 }
 
-function chips(suggestions) {
+function chips(suggestions, intro) {
   const box = $("chips"); box.replaceChildren();
-  for (const q of suggestions || []) {
+  if (intro && suggestions && suggestions.length && !state.ended) {
+    const label = document.createElement("span"); label.className = "intro"; label.textContent = intro; box.append(label);
+  }
+  for (const q of state.ended ? [] : suggestions || []) {
     const b = document.createElement("button"); b.type = "button"; b.className = "chip"; b.textContent = q;
     b.addEventListener("click", () => { $("input").value = q; send(); });
     box.append(b);
@@ -110,7 +114,7 @@ function onFrame(f) {
       el.querySelector(".meta").textContent = notes.join(" · ");
       if (f.finish_reason === "error" || f.finish_reason === "interrupted") el.classList.add("failed");
       if (f.grounding && f.grounding.length) el.append(whyPanel(f.grounding));
-      chips(f.suggestions);
+      chips(f.suggestions, state.chipIntro);
       busy(null);
       break;
     }
@@ -125,12 +129,78 @@ function onFrame(f) {
       if (f.code === "unauthorized") { $("settings").open = true; }
       break;
     }
-    case "event": {
-      const el = bubble("bot event", null, `[${f.name}] ${JSON.stringify(f.data)}`);
-      el.classList.add("event");
+    case "event": { flowEvent(f); break; }
+    default: break;  // pong
+  }
+}
+
+// -- bot flows: events a bot's flow sends (bots/flows.py, docs/bots.md) -----------------------------------------
+function two(n) { return String(n).padStart(2, "0"); }
+function clockText(ms) { const s = Math.max(Math.ceil(ms / 1000), 0); return `${two(Math.floor(s / 60))}:${two(s % 60)}`; }
+
+function showTimer(d, ts) {
+  const el = $("timer");
+  clearInterval(state.timer); state.timer = null;
+  $("flowbar").hidden = false; el.hidden = false;
+  if (!d.running) { el.textContent = d.text || `${d.label} 00:00`; el.dataset.state = "expired"; return; }
+  const deadline = (typeof ts === "number" ? ts : Date.now()) + d.remaining_s * 1000;
+  const tick = () => {
+    const left = deadline - Date.now();
+    el.textContent = `${d.label} 剩余时间 ${clockText(left)}`.trim();
+    el.dataset.state = left > 0 ? "running" : "expired";
+    if (left <= 0) { clearInterval(state.timer); state.timer = null; }
+  };
+  el.dataset.state = "running"; tick(); state.timer = setInterval(tick, 250);
+}
+
+function showActions(items) {
+  const box = $("actions"); box.replaceChildren();
+  for (const a of items || []) {
+    const b = document.createElement("button"); b.type = "button"; b.className = "action"; b.textContent = a.label;
+    b.addEventListener("click", () => { $("input").value = a.send; send(); });
+    box.append(b);
+  }
+  $("flowbar").hidden = false;
+}
+
+function endSession() {
+  state.ended = true; clearInterval(state.timer); state.timer = null;
+  $("actions").replaceChildren(); chips([]);
+  $("input").disabled = true; $("input").placeholder = "会话已结束 · session ended (New chat to start again)";
+  $("send").disabled = true;
+}
+
+function flowEvent(f) {
+  const d = f.data || {};
+  switch (f.name) {
+    case "timer": showTimer(d, f.ts); break;
+    case "suggestions": state.chipIntro = d.intro || ""; chips(d.items, state.chipIntro); break;
+    case "actions": showActions(d.items); break;
+    case "phase": $("flowbar").hidden = false; $("phase").textContent = d.label || d.name; $("phase").dataset.phase = d.name; break;
+    case "session.end": endSession(); break;
+    case "summary": {
+      if (d.closing) bubble("bot", null, d.closing);
+      const el = bubble("bot summary", null, "");
+      const pre = document.createElement("pre"); pre.className = "summary-text"; pre.textContent = d.summary || "";
+      const details = document.createElement("details"); details.className = "transcript";
+      const s = document.createElement("summary"); s.textContent = `transcript (${(d.transcript || []).length})`;
+      const list = document.createElement("ol");
+      for (const t of d.transcript || []) { const li = document.createElement("li"); li.textContent = `${t.role}: ${t.text}`; list.append(li); }
+      details.append(s, list);
+      el.querySelector(".text").append(pre, details);
       break;
     }
-    default: break;  // pong
+    case "handoff": {
+      const el = bubble("bot event note", null, d.accepted ? `转人工 · ${(d.contact || {}).phone || ""}` : (d.text || "handoff"));
+      if (d.actions) for (const a of d.actions) {
+        const b = document.createElement("button"); b.type = "button"; b.className = "chip"; b.textContent = a.label;
+        b.addEventListener("click", () => { $("input").value = a.send; send(); });
+        el.append(b);
+      }
+      break;
+    }
+    case "condition": bubble("bot event note", null, `post-response: ${d.post_response || ""}`); break;
+    default: bubble("bot event note", null, `[${f.name}] ${JSON.stringify(f.data)}`);
   }
 }
 
@@ -178,7 +248,7 @@ function newId() { return `m-${Date.now().toString(36)}-${Math.random().toString
 
 function send() {
   const input = $("input"); const text = input.value.trim();
-  if (!text || state.inFlight) return;
+  if (!text || state.inFlight || state.ended) return;
   const id = newId();
   bubble("user", id, text);
   store.remember(id, text);
@@ -194,7 +264,11 @@ function switchBot(bot, fresh) {
   if (fresh) store.forget(bot);
   const saved = store.load(bot);
   state.sessionId = saved.sessionId || null; state.lastSeq = 0;  // replay the whole log into an empty page
-  state.rendered = new Set(); state.unacked = null; busy(null); chips([]); showError("");
+  state.rendered = new Set(); state.unacked = null; state.ended = false; state.chipIntro = "";
+  clearInterval(state.timer); state.timer = null;
+  $("flowbar").hidden = true; $("timer").hidden = true; $("phase").textContent = ""; $("actions").replaceChildren();
+  $("input").disabled = false; $("input").placeholder = "说点什么… (Enter to send, Shift+Enter for a new line)";
+  busy(null); chips([]); showError("");
   $("log").replaceChildren();
   connect();
 }
