@@ -238,17 +238,17 @@ class Agent:
 
     # -- the parts ---------------------------------------------------------------------------------------------
     def _select(self, history: History, utterance: str, also: list[str]) -> tuple[list[ScoredExchange], Any]:
-        """The scored exchanges, and the exchange vectors (None without history or without selection)."""
+        """The scored exchanges, and the exchange vectors (None without history)."""
         spec = self.persona.selection
         count = len(history)
         if count == 0:
             return [], None
-        if not self.use_selection:  # ablation: the most recent exchanges, no scoring
+        vectors, query = history.embed_turn(self.embedder, utterance, also)
+        if not self.use_selection:  # ablation: the most recent exchanges, no scoring (knowledge is still injected)
             keep = set(range(max(count - spec.history_pairs, 0), count))
             return [
                 ScoredExchange(i, e, 1.0, 0.0, 0.0, selected=i in keep) for i, e in enumerate(history.exchanges)
-            ], None
-        vectors, query = history.embed_turn(self.embedder, utterance, also)
+            ], vectors
         kept, scores, decays, cosines = select_history_by_decayed_similarity(
             vectors, query, alpha=spec.alpha, n=spec.history_pairs
         )
