@@ -104,7 +104,7 @@ def main() -> None:
     index = store.dense_index
     depth = store.retriever.candidates
 
-    turn_times, floor_times = [], []
+    turn_times, floor_times, append_times = [], [], []
     for i in tqdm(range(args.turns), desc="turns", file=sys.stderr):
         user, bot = talk[args.history + i]
         # the floor: one query embedding + one FAISS search, on a text nobody has embedded yet
@@ -117,12 +117,15 @@ def main() -> None:
         t = time.perf_counter()
         prompt = agent.build_prompt(history, user)
         turn_times.append(time.perf_counter() - t)
-        history.append(user, bot)  # the next turn embeds this exchange along with its utterance
+        t = time.perf_counter()
+        history.append(user, bot)  # embeds the finished exchange, between turns (reported on its own line)
+        append_times.append(time.perf_counter() - t)
     assert prompt.parts, "no prompt built"
     p50_turn, p50_floor = statistics.median(turn_times), statistics.median(floor_times)
     print(f"turn (selection + retrieval + assembly): p50 {p50_turn * 1e3:.1f} ms  p90 {pct(turn_times, 90) * 1e3:.1f} ms")
     print(f"floor (1 query embedding + 1 FAISS search, k={depth}): p50 {p50_floor * 1e3:.1f} ms  "
           f"p90 {pct(floor_times, 90) * 1e3:.1f} ms")
+    print(f"between turns (History.append embeds the finished exchange): p50 {statistics.median(append_times) * 1e3:.1f} ms")
     ratio = p50_turn / p50_floor
     print(f"turn_overhead: {len(store)} items, {args.history}-{args.history + args.turns}-exchange history, "
           f"{args.turns} turns: "

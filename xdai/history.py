@@ -6,8 +6,8 @@ utterance, weighting each by how recent it is. For the utterance U_t and an earl
     score_i = alpha ** (t - i) * cos(emb([U_i; S_i]), emb(U_t))
 
 The top `n` exchanges are kept in their original order, and the last exchange is always one of them (a reply
-that ignores the line just before it reads as broken). `History` caches every exchange's embedding, so a turn
-encodes only what is new: the utterance, plus the exchange appended since the previous turn, in one call.
+that ignores the line just before it reads as broken). `History` caches every exchange's embedding: once a turn
+has bound an embedder, `append` embeds the finished exchange between turns, and a turn encodes only its utterance.
 """
 
 from __future__ import annotations
@@ -97,14 +97,18 @@ class History:
     exchanges: list[Exchange] = field(default_factory=list)
     _vectors: list[np.ndarray] = field(default_factory=list, repr=False)
     _embedder_name: str | None = field(default=None, repr=False)
+    _embedder: Embedder | None = field(default=None, repr=False)
     _extras: dict[int, Any] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.exchanges)
 
     def append(self, user: str, bot: str) -> Exchange:
+        """Record a finished exchange; once a turn has bound an embedder, embed it now, between turns."""
         exchange = Exchange(user=user, bot=bot)
         self.exchanges.append(exchange)
+        if self._embedder is not None and len(self._vectors) == len(self.exchanges) - 1:
+            self._vectors.append(np.asarray(self._embedder.encode([exchange.text()], role="query")[0], dtype=np.float32))
         return exchange
 
     def clear(self) -> None:
@@ -125,6 +129,7 @@ class History:
             self._vectors.clear()
             self._extras.clear()
             self._embedder_name = embedder.name
+        self._embedder = embedder
         missing = [e.text() for e in self.exchanges[len(self._vectors) :]]
         encoded = embedder.encode([utterance, *missing, *also], role="query")
         self._vectors.extend(np.asarray(row, dtype=np.float32) for row in encoded[1 : 1 + len(missing)])

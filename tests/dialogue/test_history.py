@@ -67,11 +67,14 @@ def test_a_turn_embeds_only_the_new_utterance(embedder):
         vectors, query = history.embed_turn(counting, user)
         assert vectors.shape[0] == len(history)
         history.append(user, bot)
-    # One call per turn: the utterance plus the single exchange appended since the previous turn.
+    # A turn embeds only its utterance; a finished exchange is embedded once, when it is appended (between turns).
     assert counting.calls == [
         ["故宫的门票多少钱？"],
-        ["那天坛呢？", "故宫的门票多少钱？\n旺季60元。"],
-        ["颐和园在哪里？", "那天坛呢？\n天坛15元。"],
+        ["故宫的门票多少钱？\n旺季60元。"],
+        ["那天坛呢？"],
+        ["那天坛呢？\n天坛15元。"],
+        ["颐和园在哪里？"],
+        ["颐和园在哪里？\n在海淀区。"],
     ]
     # Cached vectors equal fresh ones.
     fresh = embedder.encode([e.text() for e in history.exchanges[:2]], role="query")
