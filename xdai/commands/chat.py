@@ -15,6 +15,7 @@ HELP = "/explain: the last prompt, annotated · /condition NAME|text:...: condit
 
 
 @click.command("chat")
+@click.option("--bot", "bot_name", default=None, help="A bot from bots/ (its persona, knowledge, backend and flow).")
 @click.option("--persona", "-p", default=None, help="Persona name or YAML path (default: the configured persona).")
 @click.option("--knowledge", "-k", multiple=True, help="Knowledge store path or name (repeatable).")
 @click.option("--backend", "-b", default=None, help="llama_cpp (default), hf, openai, glm.")
@@ -22,8 +23,8 @@ HELP = "/explain: the last prompt, annotated · /condition NAME|text:...: condit
 @click.option("--history", "history_file", type=click.Path(dir_okay=False), default=None,
               help="JSONL file to resume from and save to (default: a new file under the cache folder).")
 @click.option("--seed", type=int, default=None, help="Sampling seed, for reproducible replies.")
-def chat(persona: str | None, knowledge: tuple[str, ...], backend: str | None, model: str | None,
-         history_file: str | None, seed: int | None) -> None:
+def chat(bot_name: str | None, persona: str | None, knowledge: tuple[str, ...], backend: str | None,
+         model: str | None, history_file: str | None, seed: int | None) -> None:
     """Chat with a persona in the terminal. The history is saved after every turn."""
     from xdai.config import load_config
     from xdai.turn import Agent, Delta, Reply
@@ -31,8 +32,17 @@ def chat(persona: str | None, knowledge: tuple[str, ...], backend: str | None, m
     cfg = load_config()
     persona = persona or cfg.persona
     try:
-        agent = Agent.from_names(persona, knowledge=list(knowledge), backend=backend or cfg.backend.name,
-                                 model=model or cfg.backend.model)
+        if bot_name:
+            from bots.assemble import build_bot
+            from bots.registry import load_bots
+
+            declared = load_bots(cfg.paths.bots_dir)
+            if bot_name not in declared:
+                raise ValueError(f"no bot named {bot_name!r} in {cfg.paths.bots_dir} (declared: {', '.join(declared)})")
+            agent = build_bot(declared[bot_name], cfg.paths.stores_dir)
+        else:
+            agent = Agent.from_names(persona, knowledge=list(knowledge), backend=backend or cfg.backend.name,
+                                     model=model or cfg.backend.model)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     if seed is not None:
@@ -48,6 +58,7 @@ def chat(persona: str | None, knowledge: tuple[str, ...], backend: str | None, m
     click.secho(f"{agent.persona.name} · history saved to {save_to} · {HELP}", dim=True, err=True)
     if not history.exchanges:
         click.echo(f"{bot}{agent.greeting()}")
+    show_events(agent, history)
     last_prompt = None
     condition: str | None = None
     while True:
@@ -64,6 +75,7 @@ def chat(persona: str | None, knowledge: tuple[str, ...], backend: str | None, m
             condition = None
             click.secho("(history cleared)", dim=True)
             click.echo(f"{bot}{agent.greeting()}")
+            show_events(agent, history)
             continue
         if command == "/explain":
             click.echo(last_prompt.explain() if last_prompt else "(no turn yet)")
@@ -83,12 +95,16 @@ def chat(persona: str | None, knowledge: tuple[str, ...], backend: str | None, m
         async def turn(past: History, text: str, cond: str | None) -> Reply | None:
             click.echo(bot, nl=False)
             final = None
+            later: list = []
             async for event in agent.respond(past, text, condition=cond):
                 if isinstance(event, Delta):
                     click.echo(event.text, nl=False)
                 elif isinstance(event, Reply):
                     final = event
+                elif getattr(event, "is_event", False):
+                    later.append(event)
             click.echo()
+            show_events(agent, past, later)
             return final
 
         try:
@@ -106,3 +122,16 @@ def chat(persona: str | None, knowledge: tuple[str, ...], backend: str | None, m
         history.append(line, reply.text)
         write_history_jsonl(history, save_to)
     click.secho(f"{len(history)} exchange(s) saved to {save_to}", dim=True, err=True)
+
+
+def show_events(agent: object, history: History, events: list | None = None) -> None:
+    """A bot flow's events (timer, suggestions, summary...) as dim lines; on a new history, open its session."""
+    from bots.flows import describe_event
+
+    if events is None:
+        opener = getattr(agent, "open_session", None)
+        events = opener(f"chat-{id(history):x}", history) if opener is not None else []
+    for event in events:
+        line = describe_event(event)
+        if line:
+            click.secho(line, dim=True)
