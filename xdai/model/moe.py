@@ -12,13 +12,16 @@ Expert parallelism: `shard_experts` keeps a contiguous slice of the experts on e
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from inference_kernels.moe import (
+    expert_capacity,  # one definition of the capacity rule, shared with the fused kernel
+)
 
 if TYPE_CHECKING:
     from xdai.model.glm import GLMConfig
@@ -36,10 +39,6 @@ class Routing:
     keep: torch.Tensor  # [T, k] False where the capacity limit dropped the assignment
     dropped: torch.Tensor  # 0-dim long: number of dropped assignments
     probs: torch.Tensor  # [T, E] router softmax (float32), for the load-balancing loss
-
-
-def expert_capacity(tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
-    return math.ceil(capacity_factor * tokens * top_k / num_experts)
 
 
 def route(router_logits: torch.Tensor, top_k: int, renormalize: bool = True,
