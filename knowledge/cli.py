@@ -43,6 +43,14 @@ def _print_skipped(report: Any) -> None:
         click.echo(f"dropped: {drop['where']}: {drop['reason']}", err=True)
 
 
+def _print_report(report, as_json: bool) -> None:
+    """What a build or add did: skipped records, the report as JSON on request, and the one-line summary."""
+    _print_skipped(report)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), ensure_ascii=False))
+    click.echo(report.summary(), err=True)
+
+
 def _generate(sources: tuple[str, ...], config: Any, progress: bool) -> list[Any]:
     """With --generate-qa: QA pairs written by the configured backend from the sources' descriptions."""
     from knowledge.generate_qa import generate_qa_documents
@@ -89,10 +97,7 @@ def build(sources: tuple[str, ...], out: str, embedder: str, skip_bad: bool, gen
                              progress=not quiet, config=config, embed_cache=False if no_cache else None)
     except _errors() as exc:
         raise _Failure(str(exc)) from None
-    _print_skipped(report)
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), ensure_ascii=False))
-    click.echo(report.summary(), err=True)
+    _print_report(report, as_json)
 
 
 @knowledge.command()
@@ -112,10 +117,7 @@ def add(store_dir: str, sources: tuple[str, ...], skip_bad: bool, generate_qa: b
                            embed_cache=False if no_cache else None)
     except _errors() as exc:
         raise _Failure(str(exc)) from None
-    _print_skipped(report)
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), ensure_ascii=False))
-    click.echo(report.summary(), err=True)
+    _print_report(report, as_json)
 
 
 @knowledge.command()
