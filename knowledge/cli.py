@@ -43,7 +43,7 @@ def _print_skipped(report: Any) -> None:
         click.echo(f"dropped: {drop['where']}: {drop['reason']}", err=True)
 
 
-def _print_report(report, as_json: bool) -> None:
+def _print_report(report: Any, as_json: bool) -> None:
     """What a build or add did: skipped records, the report as JSON on request, and the one-line summary."""
     _print_skipped(report)
     if as_json:
