@@ -65,7 +65,7 @@ class BackendConfig:
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8765
-    bots: list[str] = field(default_factory=lambda: ["*"])  # "*": every bot under paths.bots_dir
+    bots: list[str] = field(default_factory=lambda: ["xiaodai", "*"])  # "*": every other bot under paths.bots_dir
     session_store: str = "sqlite"  # sqlite | redis
     sqlite_path: str = "stores/sessions.sqlite3"
     redis_url: str = "redis://127.0.0.1:6379/0"

@@ -39,8 +39,9 @@ def serve(config_path: str | None, host: str | None, port: int | None, bots: tup
     server_cfg.host = host or server_cfg.host
     server_cfg.port = server_cfg.port if port is None else port
     names = list(bots) or list(server_cfg.bots)
-    if "*" in names:  # every declared bot
-        names = sorted(declared)
+    if "*" in names:  # every declared bot; the ones named before "*" come first (the page opens the first)
+        named = [n for n in names if n != "*"]
+        names = named + [n for n in sorted(declared) if n not in named]
     missing = [n for n in names if n not in declared]
     if missing:
         raise click.ClickException(f"server.bots: no bot named {', '.join(map(repr, missing))} in {cfg.paths.bots_dir} "
