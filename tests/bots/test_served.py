@@ -61,12 +61,12 @@ async def test_interviewer_phases_and_countdown_over_the_socket(tmp_path: Path, 
     bot = served("interviewer")
     bot.clock = ManualClock(50.0)
     bot.flow.config = {**bot.flow.config, "questions": bot.flow.config["questions"][:1], "follow_ups": False}
-    server = await start(tmp_path, {"interviewer": bot, "wukong": served("wukong")}, specs)
+    server = await start(tmp_path, {"wukong": served("wukong"), "interviewer": bot}, specs)
     try:
         url = f"http://127.0.0.1:{server.port}/bots"  # fetched off the loop: the server runs on this one
         listed = json.loads(await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read()))
-        assert [b["name"] for b in listed] == ["interviewer", "wukong"]
-        assert listed[0]["flow"] == "flow.py" and listed[0]["description"].startswith("AI 面试官")
+        assert [b["name"] for b in listed] == ["wukong", "interviewer"]  # served order: the page opens the first
+        assert listed[1]["flow"] == "flow.py" and listed[1]["description"].startswith("AI 面试官")
 
         client = await Client.connect(f"ws://127.0.0.1:{server.port}/ws", on_frame=validate_server_frame)
         opened = await client.open("interviewer")

@@ -204,7 +204,7 @@ class XdaiServer:
         if path == "/metrics":
             return _response(HTTPStatus.OK, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
         if path == "/bots":
-            listed = [self.bots[name].to_json() if name in self.bots else {"name": name} for name in sorted(self.agents)]
+            listed = [self.bots[name].to_json() if name in self.bots else {"name": name} for name in self.agents]  # served order: the default bot first
             return _response(HTTPStatus.OK, json.dumps(listed, ensure_ascii=False), "application/json")
         if path in ("/", "/index.html"):
             return _static("index.html")
