@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from xdai.config import PathsConfig, load_config
 from xdai.persona import (
     PersonaError,
     card_to_png,
@@ -21,6 +22,11 @@ from xdai.persona import (
 )
 
 
+def _paths() -> PathsConfig:
+    """Where personas and stores live: read once per command from the configuration, then passed down."""
+    return load_config().paths
+
+
 @click.group()
 def persona() -> None:
     """Check, import and export personas (Character Card V2)."""
@@ -31,8 +37,9 @@ def persona() -> None:
 def check(files: tuple[str, ...]) -> None:
     """Validate persona FILEs (paths or names); print every problem as file:line:col: message."""
     errors = warnings = 0
+    paths = _paths()
     for name in files:
-        issues = check_persona_file(find_persona_file(name))
+        issues = check_persona_file(find_persona_file(name, paths.personas_dir), paths.stores_dir)
         for issue in issues:
             click.echo(str(issue))
         errors += sum(i.severity == "error" for i in issues)
@@ -85,7 +92,7 @@ def import_(card: Path, out: Path | None, force: bool) -> None:
 def export(file: str, fmt: str, png: bool, image: Path | None, out: Path | None) -> None:
     """Export persona FILE (path or name) as a Character Card V2."""
     try:
-        p = load_persona(file)
+        p = load_persona(file, _paths().personas_dir)
     except PersonaError as exc:
         raise click.ClickException(f"cannot export:\n{exc}") from None
     card = p.to_card_v2()
@@ -108,7 +115,7 @@ def export(file: str, fmt: str, png: bool, image: Path | None, out: Path | None)
               help="Personas directory (default: paths.personas_dir from the configuration).")
 def list_(personas_dir: Path | None) -> None:
     """List the personas in the personas directory, with their language and status."""
-    files = persona_files(personas_dir)
+    files = persona_files(personas_dir if personas_dir is not None else _paths().personas_dir)
     broken = 0
     for f in files:
         try:

@@ -1,3 +1,61 @@
-"""Personas (moving into a package: see the modules)."""
+"""Personas: the YAML format authors write, checked with file:line:col marks, and Character Card V2 in and out.
 
-from xdai.persona.parse import *  # noqa: F401,F403
+    schema   the dataclasses (Persona = Card V2 one-to-one plus the XDAI fields), PersonaIssue/PersonaError
+    parse    YAML in, every problem at its file:line:col (a card's JSON goes through the same builder)
+    dump     YAML out
+    card     Character Card V2 as JSON or PNG, both directions without loss
+    lookup   persona files and stores on disk (directories passed in by the entry points)
+"""
+
+from xdai.persona.card import (
+    CARD_SPEC,
+    CARD_SPEC_VERSION,
+    card_to_png,
+    import_card,
+    parse_examples,
+    placeholder_png,
+    png_bytes,
+    png_chunks,
+    read_card,
+    render_examples,
+)
+from xdai.persona.dump import dump_persona_yaml, persona_to_dict
+from xdai.persona.lookup import (
+    check_persona_file,
+    find_persona_file,
+    load_persona,
+    persona_files,
+    resolve_store,
+)
+from xdai.persona.parse import check_generation, parse_persona
+from xdai.persona.schema import (
+    AND_ALL,
+    AND_ANY,
+    NOT_ALL,
+    NOT_ANY,
+    QA,
+    RERANK_DEFAULTS,
+    XDAI_EXTENSION,
+    BookEntry,
+    CharacterBook,
+    Example,
+    ExampleLine,
+    KnowledgeSpec,
+    Persona,
+    PersonaError,
+    PersonaIssue,
+    Position,
+    SafetySpec,
+    SelectionSpec,
+    Speaker,
+    default_user_speaker,
+)
+
+__all__ = [
+    "AND_ALL", "AND_ANY", "CARD_SPEC", "CARD_SPEC_VERSION", "NOT_ALL", "NOT_ANY", "QA", "RERANK_DEFAULTS",
+    "XDAI_EXTENSION", "BookEntry", "CharacterBook", "Example", "ExampleLine", "KnowledgeSpec", "Persona",
+    "PersonaError", "PersonaIssue", "Position", "SafetySpec", "SelectionSpec", "Speaker", "card_to_png",
+    "check_generation", "check_persona_file", "default_user_speaker", "dump_persona_yaml", "find_persona_file",
+    "import_card", "load_persona", "parse_examples", "parse_persona", "persona_files", "persona_to_dict",
+    "placeholder_png", "png_bytes", "png_chunks", "read_card", "render_examples", "resolve_store",
+]

@@ -1,0 +1,275 @@
+"""The persona schema: Character Card V2 one-to-one plus the XDAI fields, as plain dataclasses.
+
+A `Persona` is what a YAML file (`xdai.persona.parse`) or a card (`xdai.persona.card`) becomes; prompts, turns and
+bots read it. Problems found while reading one are `PersonaIssue`s, raised together as a `PersonaError`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from xdai.backends.base import GenerationSettings
+
+XDAI_EXTENSION = "xdai"  # the key under data.extensions that carries XDAI fields in a card
+Speaker = Literal["user", "bot"]
+Position = Literal["before_char", "after_char"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issues
+
+
+@dataclass
+class PersonaIssue:
+    """One problem in a persona source. `line`/`col` are 1-based; 0 when the source has no lines (a card's JSON),
+    in which case the message starts with the JSON path."""
+
+    file: str
+    line: int
+    col: int
+    message: str
+    severity: Literal["error", "warning"] = "error"
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.col}" if self.line else self.file
+        return f"{where}: {'warning: ' if self.severity == 'warning' else ''}{self.message}"
+
+
+class PersonaError(ValueError):
+    """A persona could not be loaded; `issues` lists every problem, each as file:line:col: message."""
+
+    def __init__(self, issues: Iterable[PersonaIssue]):
+        self.issues = list(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Schema
+
+
+@dataclass
+class ExampleLine:
+    speaker: Speaker
+    text: str
+
+
+Example = list[ExampleLine]
+
+
+@dataclass
+class QA:
+    q: str
+    a: str
+
+
+@dataclass
+class KnowledgeSpec:
+    """Which stores to query, plus knowledge written inline in the persona."""
+
+    stores: list[str] = field(default_factory=list)
+    background: list[str] = field(default_factory=list)
+    qa: list[QA] = field(default_factory=list)
+
+
+@dataclass
+class SelectionSpec:
+    """History selection and knowledge retrieval parameters (XDAI: alpha^(t-i) * cos, top-n exchanges)."""
+
+    alpha: float = 0.75
+    history_pairs: int = 4
+    top_k: int = 3
+    qa_threshold: float = 0.45
+    background_k: int = 2
+    dense_weight: float = 1.0
+    bm25_weight: float = 1.0
+    lore_scan_turns: int = 3
+    budget_tokens: int = 1536
+
+
+@dataclass
+class SafetySpec:
+    blocked_words: list[str] = field(default_factory=list)
+    replacement: str = ""
+
+
+# Selective logic of SillyTavern's lorebooks, read from an entry's extensions["selectiveLogic"].
+AND_ANY, NOT_ALL, NOT_ANY, AND_ALL = 0, 1, 2, 3
+
+
+@dataclass
+class BookEntry:
+    """A lorebook entry. Optional Card V2 fields without a natural default are None when absent; `given` names
+    the optional fields a source spelled out, so that export writes exactly those (and any non-default one)."""
+
+    keys: list[str] = field(default_factory=list)
+    content: str = ""
+    extensions: dict[str, Any] = field(default_factory=dict)
+    enabled: bool = True
+    insertion_order: int = 0
+    case_sensitive: bool = False
+    name: str | None = None
+    priority: int | None = None
+    id: int | str | None = None
+    comment: str | None = None
+    selective: bool = False
+    secondary_keys: list[str] = field(default_factory=list)
+    constant: bool = False
+    position: Position = "before_char"
+    card_extra: dict[str, Any] = field(default_factory=dict)
+    given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+
+    def matches(self, text: str) -> bool:
+        """Whether the keys (and, for a selective entry, the secondary keys) trigger on `text`."""
+        if not self._any_key(self.keys, text):
+            return False
+        if not self.selective or not self.secondary_keys:
+            return True
+        hits = [self._any_key([k], text) for k in self.secondary_keys if k]
+        logic = self.extensions.get("selectiveLogic", AND_ANY)
+        if logic == NOT_ALL:
+            return not all(hits)
+        if logic == NOT_ANY:
+            return not any(hits)
+        if logic == AND_ALL:
+            return all(hits)
+        return any(hits)
+
+    def _any_key(self, keys: Iterable[str], text: str) -> bool:
+        if self.case_sensitive:
+            return any(k and k in text for k in keys)
+        folded = text.casefold()
+        return any(k and k.casefold() in folded for k in keys)
+
+
+@dataclass
+class CharacterBook:
+    name: str | None = None
+    description: str | None = None
+    scan_depth: int | None = None
+    token_budget: int | None = None
+    recursive_scanning: bool | None = None
+    extensions: dict[str, Any] = field(default_factory=dict)
+    entries: list[BookEntry] = field(default_factory=list)
+    card_extra: dict[str, Any] = field(default_factory=dict)
+
+    def triggered(self, recent_texts: list[str]) -> list[BookEntry]:
+        """Entries to insert given the most recent messages (oldest first).
+
+        Constant entries always fire; others fire when a key occurs in the last `scan_depth` texts (all given
+        texts when unset), honouring case sensitivity and, for selective entries, the secondary keys. With
+        `recursive_scanning`, fired entries' content is scanned too. Disabled entries never fire. The result is
+        ordered by insertion_order (ties keep file order)."""
+        texts = list(recent_texts)
+        if self.scan_depth is not None:
+            texts = texts[-self.scan_depth :] if self.scan_depth > 0 else []
+        haystack = "\n".join(texts)
+        fired: dict[int, BookEntry] = {}
+        while True:
+            new = [
+                i
+                for i, e in enumerate(self.entries)
+                if i not in fired and e.enabled and (e.constant or e.matches(haystack))
+            ]
+            for i in new:
+                fired[i] = self.entries[i]
+            if not new or not self.recursive_scanning:
+                break
+            haystack += "\n" + "\n".join(self.entries[i].content for i in new)
+        return [e for _, e in sorted(fired.items(), key=lambda kv: (kv[1].insertion_order, kv[0]))]
+
+
+# Keys of `generation` beyond GenerationSettings: reranking by the grounded post-response and inverse prompting.
+RERANK_DEFAULTS: dict[str, Any] = {"rerank": 0, "inverse_prompting": False, "inverse_weight": 1.0}
+
+
+@dataclass
+class Persona:
+    # Character Card V2, one-to-one
+    name: str
+    description: str = ""
+    personality: str = ""
+    scenario: str = ""
+    first_mes: str = ""
+    alternate_greetings: list[str] = field(default_factory=list)
+    mes_example: list[Example] = field(default_factory=list)
+    system_prompt: str = ""
+    post_history_instructions: str = ""
+    creator_notes: str = ""  # for people only: never put into prompts
+    tags: list[str] = field(default_factory=list)
+    creator: str = ""
+    character_version: str = ""
+    extensions: dict[str, Any] = field(default_factory=dict)
+    character_book: CharacterBook | None = None
+    # XDAI fields
+    language: Literal["zh", "en"] = "zh"
+    bot_speaker: str = ""  # "" -> name
+    user_speaker: str = ""  # "" -> 用户 (zh) / User (en)
+    knowledge: KnowledgeSpec = field(default_factory=KnowledgeSpec)
+    selection: SelectionSpec = field(default_factory=SelectionSpec)
+    conditions: dict[str, str] = field(default_factory=dict)
+    generation: dict[str, Any] = field(default_factory=dict)
+    safety: SafetySpec = field(default_factory=SafetySpec)
+    # Card fields xdai does not know, kept so that export gives them back: {"card": {...}, "data": {...},
+    # "v1_mirror": [...], "mes_example": raw string}. Written by `xdai persona import`; authors leave it alone.
+    card_extra: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        self.bot_speaker = self.bot_speaker or self.name
+        self.user_speaker = self.user_speaker or default_user_speaker(self.language)
+
+    def greeting(self, choice: int = 0) -> str:
+        """The opening line: first_mes (choice 0) or an alternate greeting (choice 1..n), macros filled."""
+        text = self.first_mes if choice == 0 else self.alternate_greetings[choice - 1]
+        return self.fill_macros(text)
+
+    def fill_macros(self, text: str) -> str:
+        """Replace the card macros {{char}}/{{user}} (and the older <BOT>/<USER>) by the speaker names."""
+        text = re.sub(r"\{\{char\}\}|<BOT>", lambda _: self.bot_speaker, text, flags=re.IGNORECASE)
+        return re.sub(r"\{\{user\}\}|<USER>", lambda _: self.user_speaker, text, flags=re.IGNORECASE)
+
+    def generation_settings(self, base: GenerationSettings | None = None) -> GenerationSettings:
+        """`base` (or the defaults) with this persona's overrides applied; rerank options are not part of it."""
+        known = {f.name for f in dataclasses.fields(GenerationSettings)}
+        overrides = {k: copy.deepcopy(v) for k, v in self.generation.items() if k in known}
+        return dataclasses.replace(base or GenerationSettings(), **overrides)
+
+    def rerank_options(self) -> dict[str, Any]:
+        """{"rerank": n, "inverse_prompting": bool, "inverse_weight": float} with defaults filled."""
+        return {k: self.generation.get(k, v) for k, v in RERANK_DEFAULTS.items()}
+
+    def override_generation(self, overrides: Mapping[str, Any] | None, source: str = "<overrides>") -> None:
+        """Lay `overrides` over `generation`, checked as the persona file's own `generation` is (PersonaError
+        naming `source` otherwise). The one way a bot's ``options.generation`` or ``xdai chat --seed`` changes
+        how a persona generates; in place, so an agent already built on this persona sees it."""
+        if not overrides:
+            return
+        from xdai.persona.parse import check_generation
+
+        self.generation = {**self.generation, **check_generation(overrides, source)}
+
+    def to_card_v2(self) -> dict[str, Any]:
+        from xdai.persona.card import _to_card
+
+        return _to_card(self)
+
+    @classmethod
+    def from_card_v2(cls, card: dict[str, Any], source: str = "<card>") -> Persona:
+        from xdai.persona.card import _from_card
+
+        return _from_card(card, source)
+
+    def to_yaml(self) -> str:
+        from xdai.persona.dump import dump_persona_yaml
+
+        return dump_persona_yaml(self)
+
+
+def default_user_speaker(language: str) -> str:
+    return "User" if language == "en" else "用户"
