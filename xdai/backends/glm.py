@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from xdai.backends.base import GenerationSettings, Infill
 from xdai.backends.stream import Emit, pump, stream_in_thread
+from xdai.generation import GenerationSettings, Infill
 from xdai.model import SpecialIds, load_model, span_logprob, stream_spans
 
 

@@ -21,9 +21,9 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
-from xdai.backends.base import GenerationSettings, Infill
 from xdai.backends.scoring import continuation_start
 from xdai.backends.stream import Emit, TurnFilter, stream_in_thread
+from xdai.generation import GenerationSettings, Infill
 
 _LOADED: dict[tuple[Any, ...], tuple[Any, PreTrainedTokenizerBase, threading.Lock]] = {}
 _LOAD_LOCK = threading.Lock()

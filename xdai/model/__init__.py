@@ -15,8 +15,8 @@ from xdai.model.generate import (
 )
 from xdai.model.glm import ConfigError, GLMConfig, GLMModel, GLMOutput, KVCache, prefix_lm_mask
 from xdai.model.load import CheckpointError, checkpoint_names, load_model, save_model
-from xdai.model.moe import upcycle
 from xdai.model.tokenizer import GLMTokenizer
+from xdai.model.upcycle import upcycle
 
 __all__ = [
     "CheckpointError", "ConfigError", "Filled", "GLMConfig", "GLMModel", "GLMOutput", "GLMTokenizer", "KVCache",

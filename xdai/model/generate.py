@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from xdai.backends.base import GenerationSettings
+from xdai.generation import GenerationSettings
 from xdai.model.glm import GLMModel
 from xdai.model.tokenizer import MASK_TOKENS
 

@@ -20,7 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xdai.model.moe import MoEMLP, gelu
+from xdai.model.moe import MoEMLP
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """The tanh approximation GLM uses: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    return F.gelu(x, approximate="tanh")
 
 
 class ConfigError(ValueError):

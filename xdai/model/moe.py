@@ -13,23 +13,30 @@ Expert parallelism: `shard_experts` keeps a contiguous slice of the experts on e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inference_kernels.moe import (
-    expert_capacity,  # one definition of the capacity rule, shared with the fused kernel
-)
-
-if TYPE_CHECKING:
-    from xdai.model.glm import GLMConfig
+# One definition of the capacity rule and of the experts' activation (GLM's tanh-GeLU), shared with the fused
+# kernel, so that the plain path and `fused_moe` compute the same thing.
+from inference_kernels.moe import expert_capacity
+from inference_kernels.norm import gelu_tanh
 
 
-def gelu(x: torch.Tensor) -> torch.Tensor:
-    """The tanh approximation GLM uses: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
-    return F.gelu(x, approximate="tanh")
+class MoESpec(Protocol):
+    """What an MoE layer reads from its model's config (`xdai.model.glm.GLMConfig` is one). A protocol, so that
+    this module stays below glm.py, which builds the layers."""
+
+    num_experts: int
+    hidden_size: int
+    moe_top_k: int
+    moe_capacity_factor: float | None
+    moe_renormalize: bool
+
+    @property
+    def ffn_size(self) -> int: ...
 
 
 @dataclass
@@ -75,7 +82,7 @@ def mix_experts(h: torch.Tensor, routing: Routing, w1: torch.Tensor, b1: torch.T
         if token.numel() == 0:
             continue
         y = h[token] @ w1[local]
-        y = gelu(y + b1[local] if b1 is not None else y) @ w2[local]
+        y = gelu_tanh(y + b1[local] if b1 is not None else y) @ w2[local]
         if b2 is not None:
             y = y + b2[local]
         out.index_add_(0, token, y * routing.weights[token, slot, None].to(y.dtype))
@@ -98,7 +105,7 @@ class MoEMLP(nn.Module):
     """Drop-in for the dense MLP of a GLM layer. After each forward: `dropped` (0-dim tensor) and, when
     gradients are on, `aux_loss` (the load-balancing loss of this layer)."""
 
-    def __init__(self, cfg: GLMConfig, shared: nn.Module | None = None) -> None:
+    def __init__(self, cfg: MoESpec, shared: nn.Module | None = None) -> None:
         super().__init__()
         e, d, f = cfg.num_experts, cfg.hidden_size, cfg.ffn_size
         self.num_experts = e
@@ -150,58 +157,3 @@ def shard_experts(module: MoEMLP, ep_size: int, ep_rank: int, group: torch.distr
         setattr(module, name, nn.Parameter(full.data[lo:lo + per].clone(), requires_grad=full.requires_grad))
     module.first_expert = lo
     module.ep_group = group
-
-
-def upcycle_mlp(module: MoEMLP, dense: nn.Module) -> None:
-    """Copy a dense MLP (`dense_h_to_4h`, `dense_4h_to_h`) into every expert of `module`.
-
-    With renormalised gates the MoE output equals the dense output at initialisation. With a shared expert, the
-    shared expert takes the dense copy and the routed experts' output projections start at zero, so the sum is
-    still the dense output.
-    """
-    w1 = dense.dense_h_to_4h.weight.detach().t()
-    b1 = dense.dense_h_to_4h.bias.detach()
-    w2 = dense.dense_4h_to_h.weight.detach().t()
-    b2 = dense.dense_4h_to_h.bias.detach()
-    with torch.no_grad():
-        module.w1.copy_(w1.expand_as(module.w1))
-        module.b1.copy_(b1.expand_as(module.b1))
-        if module.shared is not None:
-            module.shared.load_state_dict(dense.state_dict())
-            module.w2.zero_()
-            module.b2.zero_()
-        else:
-            module.w2.copy_(w2.expand_as(module.w2))
-            module.b2.copy_(b2.expand_as(module.b2))
-
-
-def upcycle(dense_model, num_experts: int, top_k: int = 2, layers: list[int] | None = None,
-            capacity_factor: float | None = None, shared_expert: bool = False):
-    """A new MoE `GLMModel` from a dense one: the MLPs of `layers` (default: all) become MoE layers whose experts
-    are copies of the dense MLP (gates renormalised, so outputs are equal at initialisation without a capacity
-    limit); every other weight is copied as is. The router starts from its random initialisation."""
-    import dataclasses
-
-    from xdai.model.glm import GLMModel
-
-    cfg = dense_model.config
-    if cfg.moe_layers:
-        raise ValueError("upcycle expects a dense model (config.moe_layers is already set)")
-    layers = list(range(cfg.num_layers)) if layers is None else sorted(set(layers))
-    moe_cfg = dataclasses.replace(cfg, moe_layers=layers, num_experts=num_experts, moe_top_k=top_k,
-                                  moe_capacity_factor=capacity_factor, moe_renormalize=True,
-                                  moe_shared_expert=shared_expert, extra=dict(cfg.extra))
-    device = dense_model.word_embeddings.weight.device
-    dtype = dense_model.word_embeddings.weight.dtype
-    model = GLMModel(moe_cfg).to(device=device, dtype=dtype)
-    dense_state = {k: v for k, v in dense_model.state_dict().items() if ".mlp." not in k}
-    model.load_state_dict(dense_state, strict=False)
-    for i in range(cfg.num_layers):
-        source = dense_model.transformer.layers[i].mlp
-        target = model.transformer.layers[i].mlp
-        if i in layers:
-            upcycle_mlp(target, source)
-        else:
-            target.load_state_dict(source.state_dict())
-    model.tokenizer = dense_model.tokenizer
-    return model

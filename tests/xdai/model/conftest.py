@@ -1,15 +1,12 @@
-"""tests/model fixtures: a sentencepiece model trained on the fly, a tiny GLM checkpoint in THUDM's hub layout."""
+"""tests/xdai/model fixtures: a sentencepiece model trained on the fly, a tiny GLM checkpoint in THUDM's hub layout."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # glm_testing (helpers shared by this area's tests)
-
-from glm_testing import CORPUS, tiny_model, write_hub_checkpoint  # noqa: E402
+from tests.helpers import CORPUS, tiny_model, write_hub_checkpoint
 
 
 @pytest.fixture(scope="session")

@@ -7,17 +7,13 @@ greedy cached generation through the engine's module gives the same tokens.
 
 import json
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from glm_testing import tiny_model  # noqa: E402
-
-from xdai.backends.base import GenerationSettings  # noqa: E402
-from xdai.model import SpecialIds, fill_ids  # noqa: E402
-from xdai.model.parallel import init_inference  # noqa: E402
+from tests.helpers import tiny_model  # the repository root is on PYTHONPATH (test_parallel.py puts it there)
+from xdai.generation import GenerationSettings
+from xdai.model import SpecialIds, fill_ids
+from xdai.model.parallel import init_inference
 
 
 def main() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from glm_testing import tiny_model
 
-from xdai.backends.base import GenerationSettings
+from tests.helpers import tiny_model
+from xdai.generation import GenerationSettings
 from xdai.model import GLMConfig, KVCache, SpecialIds, fill_ids, prefix_lm_mask, stream_fill
 from xdai.model.generate import sample_next
 from xdai.model.glm import ConfigError

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from glm_testing import tiny_model
 
-from xdai.backends.base import GenerationSettings
+from tests.helpers import tiny_model
+from xdai.generation import GenerationSettings
 from xdai.model import SpecialIds, fill_ids
 
 pytestmark = [pytest.mark.gpu,

@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 from click.testing import CliRunner
-from glm_testing import thudm_state_dict, tiny_model, write_hub_checkpoint
 
-from xdai.backends.base import GenerationSettings, Infill
+from tests.helpers import thudm_state_dict, tiny_model, write_hub_checkpoint
+from xdai.generation import GenerationSettings, Infill
 from xdai.model import CheckpointError, GLMTokenizer, fill_text, load_model, save_model, stream_spans
 
 GREEDY = GenerationSettings(temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_tokens=5)

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
-from glm_testing import tiny_config, tiny_model
 
+from tests.helpers import tiny_config, tiny_model
 from xdai.model import GLMModel, upcycle
-from xdai.model.glm import MLP
-from xdai.model.moe import MoEMLP, gelu, route
+from xdai.model.glm import MLP, gelu
+from xdai.model.moe import MoEMLP, route
 
 
 def test_one_expert_equals_the_dense_mlp():
@@ -123,7 +123,7 @@ def test_shared_expert_is_added():
 
 
 def test_generation_reports_dropped_assignments():
-    from xdai.backends.base import GenerationSettings
+    from xdai.generation import GenerationSettings
     from xdai.model import SpecialIds, fill_ids
 
     model = tiny_model(moe_layers=[0, 1], num_experts=4, moe_top_k=2, moe_capacity_factor=0.5)

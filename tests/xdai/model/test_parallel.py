@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("deepspeed", reason="DeepSpeed is installed by `make install`")
 
 WORKER = Path(__file__).with_name("ds_worker.py")
+ROOT = Path(__file__).resolve().parents[3]  # the repository root, so that the worker can import tests.helpers
 
 
 def _free_port() -> int:
@@ -29,7 +30,8 @@ def run_ranks(world: int, tp: int, ep: int, config: dict) -> list[dict]:
     for rank in range(world):
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(rank),
                "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_SIZE": str(world),
-               "OMP_NUM_THREADS": "1", "XDAI_KERNELS": "off"}
+               "OMP_NUM_THREADS": "1", "XDAI_KERNELS": "off",
+               "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
         procs.append(subprocess.Popen([sys.executable, str(WORKER), str(tp), str(ep), json.dumps(config)],
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = []

@@ -1,4 +1,8 @@
-"""Helpers for tests/model: tiny GLMs and hub-layout checkpoint directories written by hand."""
+"""Helpers shared by the tests, imported as `tests.helpers` (the repository root is on pytest's pythonpath).
+
+Plain functions, not fixtures: fixtures stay in each area's conftest.py, which may build them from these.
+Today: tiny GLMs and hub-layout checkpoint directories written by hand (tests/xdai/model, tests/inference_kernels).
+"""
 
 from __future__ import annotations
 
@@ -30,7 +34,6 @@ def tiny_config(**overrides) -> GLMConfig:
 def tiny_model(seed: int = 0, **overrides) -> GLMModel:
     torch.manual_seed(seed)
     return GLMModel(tiny_config(**overrides)).eval()
-
 
 
 def thudm_state_dict(model: GLMModel, prefix: str = "") -> dict[str, torch.Tensor]:
