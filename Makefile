@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test lint system-deps clean
+.PHONY: install run test test-fast lint system-deps clean
 
 install: $(STAMP)
 
@@ -38,11 +38,18 @@ system-deps:
 run: install
 	@$(BIN)/xdai serve --host $(HOST) --port $(PORT)
 
-test: install system-deps
+# The whole suite, after the lint (ruff and the import contracts): what CI runs.
+test: install system-deps lint
 	@$(BIN)/python -m pytest -q tests
 
+# Everything not marked slow (end-to-end on real models, the browser, Redis, subprocess servers, DeepSpeed).
+test-fast: install system-deps
+	@$(BIN)/python -m pytest -q -m "not slow" tests
+
+# ruff, then the layering contracts of .importlinter (which package may import which).
 lint: install
 	@$(BIN)/ruff check .
+	@$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
