@@ -28,6 +28,7 @@ async def get(url: str) -> tuple[int, str, str]:
     return await asyncio.to_thread(_get, url)
 
 
+@pytest.mark.slow  # the service end to end on the real SmolLM2 agent: streaming, grounding, storage
 async def test_a_reply_streams_with_grounding_and_is_stored(running: Running) -> None:
     c = await running.client()
     opened = await c.open("smol")
@@ -211,6 +212,7 @@ async def test_session_open_errors(running: Running) -> None:
     await c.close()
 
 
+@pytest.mark.slow  # a real redis-server, two servers, three real replies
 async def test_two_replicas_share_sessions_through_redis(tmp_path: Path, agent: Any, bot_specs: Any,
                                                          redis_url: str) -> None:
     from xdai.service.sessions import RedisSessionStore

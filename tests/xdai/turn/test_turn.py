@@ -203,6 +203,7 @@ def test_done_when_the_default_bot_answers_grounded(gu_store, qwen):
     assert data["infill"]["before"].endswith("用户：谷爱凌好厉害呀\n小呆：")
 
 
+@pytest.mark.slow  # `xdai chat` end to end on the real SmolLM2
 def test_chat_streams_explains_resets_and_saves(tmp_path):
     persona = tmp_path / "robo.yaml"
     persona.write_text(ROBO, encoding="utf-8")
