@@ -1,7 +1,10 @@
 """Suite-wide environment: offline hubs, Triton's CPU interpreter, quiet tokenizers.
 
 Set before any test module imports transformers or triton. Area-specific fixtures live in each
-tests/<area>/conftest.py.
+tests/<area>/conftest.py; code shared between tests is imported, never taken from a conftest: `tests.helpers`
+(tiny GLMs, hub checkpoints) and `tests.fakes` (a scripted backend and an in-memory bot, for logic around a model).
+Tests marked `slow` (end to end on real models, the browser, subprocess servers, DeepSpeed) are left out by
+`make test-fast`; `make test` runs everything.
 """
 
 import os
