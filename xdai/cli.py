@@ -13,6 +13,7 @@ import os
 import click
 
 from xdai import __version__
+from xdai.console import setup_console
 
 # name -> (module, attribute, one-line help). Each attribute is a click command or group.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -61,6 +62,7 @@ def _unavailable(name: str, help_text: str) -> click.Command:
               help="Set by the `deepspeed` launcher; the rank is read from the environment.")
 def main(local_rank: int | None) -> None:
     """xdai: knowledge-grounded, persona-driven dialogue agents (XDAI, KDD 2022)."""
+    setup_console()
     if local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(local_rank))
 
