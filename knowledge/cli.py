@@ -1,5 +1,9 @@
 """`xdai knowledge ...`: build, add, stats and query stores. Thin: parses, calls `Store`, prints.
 
+The commands import nothing from the application that mounts them: a `KnowledgeHost` (handed to `group`) turns a
+``--config FILE`` into `KnowledgeSettings` and, for ``--generate-qa``, into a model's `Fill`. ``xdai`` mounts
+them with its own host (`xdai.commands.knowledge`).
+
 Progress goes to stderr (tqdm); each long command ends with one summary line on stderr, so that `--json` output
 on stdout stays machine-readable.
 """
@@ -14,7 +18,24 @@ from typing import Any
 
 import click
 
+from knowledge.generate_qa import Fill
 from knowledge.item import Hit
+from knowledge.settings import ConfigError, KnowledgeSettings
+
+
+class KnowledgeHost:
+    """What the application mounting these commands supplies. This default stands alone: default settings, no
+    ``--config`` file and no model for ``--generate-qa``."""
+
+    def settings(self, config_path: str | None) -> KnowledgeSettings:
+        """The settings a ``--config FILE`` (None: the application's default) gives the stores."""
+        if config_path is not None:
+            raise ConfigError(f"{config_path}: --config needs the xdai command (xdai knowledge ...)")
+        return KnowledgeSettings()
+
+    def fill(self, config_path: str | None) -> Fill:
+        """The model that writes QA pairs for ``--generate-qa``, as the config file names it."""
+        raise ConfigError("--generate-qa needs a model backend: run it as `xdai knowledge ...`")
 
 
 class _Failure(click.ClickException):
@@ -25,15 +46,12 @@ def _errors() -> tuple[type[BaseException], ...]:
     from knowledge.embed import EmbedderError
     from knowledge.sources import SourceError
     from knowledge.store import StoreError
-    from xdai.config import ConfigError
 
     return SourceError, StoreError, EmbedderError, ConfigError
 
 
-def _config(path: str | None) -> Any:
-    from xdai.config import load_config
-
-    return load_config(path)
+def _host() -> KnowledgeHost:
+    return click.get_current_context().find_object(KnowledgeHost) or KnowledgeHost()
 
 
 def _print_skipped(report: Any) -> None:
@@ -51,20 +69,21 @@ def _print_report(report: Any, as_json: bool) -> None:
     click.echo(report.summary(), err=True)
 
 
-def _generate(sources: tuple[str, ...], config: Any, progress: bool) -> list[Any]:
+def _generate(sources: tuple[str, ...], config_path: str | None, progress: bool) -> list[Any]:
     """With --generate-qa: QA pairs written by the configured backend from the sources' descriptions."""
     from knowledge.generate_qa import generate_qa_documents
 
-    return generate_qa_documents(list(sources), config, progress=progress)
+    return generate_qa_documents(list(sources), _host().fill(config_path), progress=progress)
 
 
+_config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), help="xdai.yaml to use.")
 _common = [
     click.option("--skip-bad", is_flag=True, help="Skip bad records (reported on stderr) instead of failing."),
     click.option("--generate-qa", is_flag=True, help="Also generate QA pairs from descriptions with the configured model backend."),
     click.option("--no-cache", is_flag=True, help="Do not use the on-disk embedding cache."),
     click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON on stdout."),
     click.option("--quiet", is_flag=True, help="No progress bars."),
-    click.option("--config", "config_path", type=click.Path(dir_okay=False), help="xdai.yaml to use."),
+    _config_option,
 ]
 
 
@@ -74,12 +93,7 @@ def _with_common(fn: Any) -> Any:
     return fn
 
 
-@click.group(name="knowledge")
-def knowledge() -> None:
-    """Build, extend, inspect and query knowledge stores."""
-
-
-@knowledge.command()
+@click.command()
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Store directory to (re)build.")
 @click.option("--embedder", default="default", show_default=True,
@@ -91,16 +105,16 @@ def build(sources: tuple[str, ...], out: str, embedder: str, skip_bad: bool, gen
     from knowledge.store import Store
 
     try:
-        config = _config(config_path)
-        extra = _generate(sources, config, not quiet) if generate_qa else []
+        settings = _host().settings(config_path)
+        extra = _generate(sources, config_path, not quiet) if generate_qa else []
         report = Store.build([*sources, *([extra] if extra else [])], out, embedder=embedder, skip_bad=skip_bad,
-                             progress=not quiet, config=config, embed_cache=False if no_cache else None)
+                             progress=not quiet, settings=settings, embed_cache=False if no_cache else None)
     except _errors() as exc:
         raise _Failure(str(exc)) from None
     _print_report(report, as_json)
 
 
-@knowledge.command()
+@click.command()
 @click.argument("store_dir", type=click.Path(file_okay=False))
 @click.argument("sources", nargs=-1, required=True)
 @_with_common
@@ -110,9 +124,8 @@ def add(store_dir: str, sources: tuple[str, ...], skip_bad: bool, generate_qa: b
     from knowledge.store import Store
 
     try:
-        config = _config(config_path)
-        store = Store.open(store_dir, config=config)
-        extra = _generate(sources, config, not quiet) if generate_qa else []
+        store = Store.open(store_dir, settings=_host().settings(config_path))
+        extra = _generate(sources, config_path, not quiet) if generate_qa else []
         report = store.add([*sources, *([extra] if extra else [])], skip_bad=skip_bad, progress=not quiet,
                            embed_cache=False if no_cache else None)
     except _errors() as exc:
@@ -120,7 +133,7 @@ def add(store_dir: str, sources: tuple[str, ...], skip_bad: bool, generate_qa: b
     _print_report(report, as_json)
 
 
-@knowledge.command()
+@click.command()
 @click.argument("store_dir", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def stats(store_dir: str, as_json: bool) -> None:
@@ -185,21 +198,24 @@ def _show(hits: list[Hit]) -> None:
         click.echo("   " + body.replace("\n\n", "\n").replace("\n", "\n   ")[:600])
 
 
-@knowledge.command()
+@click.command()
 @click.argument("store_dir", type=click.Path(file_okay=False))
 @click.argument("text", required=False)
 @click.option("--queries", "queries_file", type=click.Path(dir_okay=False, exists=True),
               help='JSONL of {"query": ..., "context": [...]}: one JSON line of hits per query, in order.')
 @click.option("--context", "context", multiple=True, help="A message before the query (repeat, oldest first).")
-@click.option("--top-k", default=5, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--top-k", default=None, type=click.IntRange(1, 1000),
+              help="Hits per query (default: knowledge.top_k of the configuration, 5).")
 @click.option("--kind", type=click.Choice(["qa", "description"]), help="Only this kind of item.")
 @click.option("--tag", "tags", multiple=True, help="Only items with any of these tags (repeatable).")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1, 100_000),
               help="Queries embedded per batch in --queries mode.")
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def query(store_dir: str, text: str | None, queries_file: str | None, context: tuple[str, ...], top_k: int,
-          kind: str | None, tags: tuple[str, ...], batch_size: int, as_json: bool, quiet: bool) -> None:
+@_config_option
+def query(store_dir: str, text: str | None, queries_file: str | None, context: tuple[str, ...], top_k: int | None,
+          kind: str | None, tags: tuple[str, ...], batch_size: int, as_json: bool, quiet: bool,
+          config_path: str | None) -> None:
     """Query a store with TEXT, or with every line of --queries FILE.jsonl in one process."""
     from tqdm.auto import tqdm
 
@@ -208,7 +224,8 @@ def query(store_dir: str, text: str | None, queries_file: str | None, context: t
     if (text is None) == (queries_file is None):
         raise click.UsageError("give either TEXT or --queries FILE.jsonl")
     try:
-        store = Store.open(store_dir)
+        store = Store.open(store_dir, settings=_host().settings(config_path))
+        top_k = store.settings.top_k if top_k is None else top_k
         if text is not None:
             hits = store.query(text, context=list(context), top_k=top_k, kind=kind, tags=list(tags) or None)
             if as_json:
@@ -236,3 +253,12 @@ def query(store_dir: str, text: str | None, queries_file: str | None, context: t
     seconds = time.perf_counter() - start
     click.echo(f"answered {len(queries):,} queries from {queries_file} in {seconds:.1f}s "
                f"({len(queries) / max(seconds, 1e-9):,.1f} queries/s, top-{top_k})", err=True)
+
+
+def group(host: KnowledgeHost | None = None) -> click.Group:
+    """The ``knowledge`` command group, its commands served by `host` (default: standalone)."""
+    return click.Group("knowledge", commands=[build, add, stats, query], context_settings={"obj": host or KnowledgeHost()},
+                       help="Build, extend, inspect and query knowledge stores.")
+
+
+knowledge = group()

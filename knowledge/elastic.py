@@ -7,8 +7,9 @@
   built-in ``cjk`` analyzer (CJK bigrams); ``analyzer="auto"`` picks in that order. Embeddings go in a
   ``dense_vector`` field (dot product over L2-normalised vectors) searched with kNN.
 - Query: dialogue-context entity resolution (`knowledge.context.EntityTracker`), then BM25, kNN and the resolved
-  entity's own items, fused client-side by weighted reciprocal-rank fusion (`knowledge.retrieve.rrf`), so that no
-  licensed server-side RRF is needed.
+  entity's own items, fused client-side by weighted reciprocal-rank fusion (`knowledge.fusion`, as `Store` does),
+  so that no licensed server-side RRF is needed. kNN scores are turned back into cosines, so that hits and
+  `nearest_qa` read like a `Store`'s: an `ElasticStore` is a `knowledge.source.KnowledgeSource` too.
 
 Requests go through the official client's `perform_request` with an explicit REST-compatibility header
 (``compatible-with=<server major>``), so that the 9.x client serves 8.x servers too.
@@ -29,18 +30,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from knowledge.context import EntityTracker
+from knowledge.context import EntityTracker, Resolution
 from knowledge.embed import Embedder
+from knowledge.fusion import FusionWeights, fuse
 from knowledge.item import Hit, Item
-from knowledge.retrieve import rrf
-from knowledge.store import (
-    BuildReport,
-    StoreError,
-    curate_sources,
-    knowledge_settings,
-    passage_embedder,
-    resolve_embedder,
-)
+from knowledge.settings import KnowledgeSettings
+from knowledge.store import BuildReport, StoreError, curate_sources, passage_embedder, resolve_embedder
 
 URL_ENV = "XDAI_ES_URL"
 API_KEY_ENV = "XDAI_ES_API_KEY"
@@ -127,10 +122,10 @@ class _Rest:
 class ElasticStore:
     """Knowledge in an Elasticsearch index behind an alias; same build/add/query interface as `Store`."""
 
-    def __init__(self, rest: _Rest, alias: str, embedder: Embedder, meta: dict[str, Any], *, config: Any = None,
-                 context_weight: float = 10.0) -> None:
-        self.rest, self.alias, self.embedder, self.manifest, self.config = rest, alias, embedder, meta, config
-        k = knowledge_settings(config)
+    def __init__(self, rest: _Rest, alias: str, embedder: Embedder, meta: dict[str, Any], *,
+                 settings: KnowledgeSettings | None = None, context_weight: float = 10.0) -> None:
+        self.rest, self.alias, self.embedder, self.manifest = rest, alias, embedder, meta
+        self.settings = k = settings if settings is not None else KnowledgeSettings()
         self.dense_weight, self.bm25_weight, self.rrf_k = k.dense_weight, k.bm25_weight, k.rrf_k
         self.context_weight = context_weight
         self.tracker = self._tracker()
@@ -143,18 +138,17 @@ class ElasticStore:
     @classmethod
     def build(cls, sources: Sequence[Any], alias: str, *, url: str | None = None, client: Any = None,
               embedder: str | Embedder = "default", analyzer: str = "auto", skip_bad: bool = False,
-              progress: bool = True, config: Any = None, embed_cache: bool | None = None) -> BuildReport:
+              progress: bool = True, settings: KnowledgeSettings | None = None,
+              embed_cache: bool | None = None) -> BuildReport:
         """Curate `sources`, bulk-index them into a new index and move `alias` onto it atomically."""
-        from xdai.config import load_config
-
         if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", alias):
             raise StoreError(f"{alias!r}: an Elasticsearch store name must be lower case letters, digits, '.', '_', '-'")
-        config = config if config is not None else load_config()
+        settings = settings if settings is not None else KnowledgeSettings()
         rest = _Rest(client or connect(url))
-        emb = resolve_embedder(embedder, config)
+        emb = resolve_embedder(embedder, settings)
         start = time.perf_counter()
         items, vectors, report, skipped, labels = curate_sources(
-            sources, passage_embedder(emb, config, embed_cache), config, skip_bad=skip_bad, progress=progress
+            sources, passage_embedder(emb, settings, embed_cache), settings, skip_bad=skip_bad, progress=progress
         )
         chosen = choose_analyzer(_plugins(rest), analyzer)
         meta = _meta(items, emb, chosen, labels, report.to_dict() | {"skipped": len(skipped)}, rest.server_version)
@@ -163,28 +157,25 @@ class ElasticStore:
 
     @classmethod
     def open(cls, alias: str, *, url: str | None = None, client: Any = None, embedder: str | Embedder | None = None,
-             config: Any = None) -> ElasticStore:
+             settings: KnowledgeSettings | None = None) -> ElasticStore:
         rest = _Rest(client or connect(url))
         meta = _current_meta(rest, alias)
         emb = resolve_embedder(embedder or meta["embedder"]["name"], None)
         if emb.dim != meta["embedder"]["dim"]:
             raise StoreError(f"{alias}: indexed with {meta['embedder']['name']} (dim {meta['embedder']['dim']}), "
                              f"cannot query with {emb.name} (dim {emb.dim})")
-        return cls(rest, alias, emb, meta, config=config)
+        return cls(rest, alias, emb, meta, settings=settings)
 
     def add(self, sources: Sequence[Any], *, skip_bad: bool = False, progress: bool = True,
             embed_cache: bool | None = None) -> BuildReport:
         """New items (deduplicated against the index) go with the old ones into a new index; then the alias moves."""
-        from xdai.config import load_config
-
-        config = self.config if self.config is not None else load_config()
         start = time.perf_counter()
-        encoder = passage_embedder(self.embedder, config, embed_cache)
+        encoder = passage_embedder(self.embedder, self.settings, embed_cache)
         existing = self.items
         vectors = self._vectors(existing, encoder)
         shadow = _Existing(existing, vectors)
         new, new_vectors, report, skipped, labels = curate_sources(
-            sources, encoder, config, skip_bad=skip_bad, progress=progress, existing=shadow,
+            sources, encoder, self.settings, skip_bad=skip_bad, progress=progress, existing=shadow,
         )
         if new:
             items = existing + new
@@ -217,22 +208,26 @@ class ElasticStore:
                 "index": m["index"], "server": self.rest.server_version, "built_at": m["built_at"],
                 "sources": m["sources"], "curation": m["curation"]}
 
-    def query(self, query: str, *, context: list[str] | None = None, top_k: int = 5, kind: str | None = None,
-              tags: list[str] | None = None) -> list[Hit]:
-        return self.query_batch([{"query": query, "context": context or []}], top_k=top_k, kind=kind, tags=tags)[0]
+    def query(self, query: str, *, context: Sequence[str] | None = None, top_k: int | None = None,
+              kind: str | None = None, tags: Sequence[str] | None = None,
+              weights: FusionWeights | None = None) -> list[Hit]:
+        """The best `top_k` hits (default `settings.top_k`) for `query` said after `context`, oldest first."""
+        return self.query_batch([{"query": query, "context": list(context or [])}], top_k=top_k, kind=kind,
+                                tags=tags, weights=weights)[0]
 
-    def query_batch(self, queries: list[dict[str, Any]], *, top_k: int = 5, kind: str | None = None,
-                    tags: list[str] | None = None, candidates: int = 100) -> list[list[Hit]]:
+    def query_batch(self, queries: list[dict[str, Any]], *, top_k: int | None = None, kind: str | None = None,
+                    tags: Sequence[str] | None = None, weights: FusionWeights | None = None,
+                    candidates: int = 100) -> list[list[Hit]]:
         """BM25 + kNN + resolved-entity lists per query, in one `_msearch`, fused by weighted RRF."""
         if kind is not None and kind not in ("qa", "description"):
             raise ValueError(f"kind must be 'qa' or 'description', got {kind!r}")
         if not queries:
             return []
-        filters: list[dict[str, Any]] = []
-        if kind:
-            filters.append({"term": {"kind": kind}})
-        if tags:
-            filters.append({"terms": {"tags": list(tags)}})
+        top_k = self.settings.top_k if top_k is None else top_k
+        scale = weights or FusionWeights()
+        weight = {"bm25": self.bm25_weight * scale.bm25, "dense": self.dense_weight * scale.dense,
+                  "entity": self.context_weight}
+        filters = self._filters(kind, tags)
         resolved = [self.tracker.resolve(q["query"], q.get("context")) for q in queries]
         qvecs = self.embedder.encode([r.query for r in resolved], role="query")
         n = max(candidates, top_k)
@@ -240,12 +235,11 @@ class ElasticStore:
         layout: list[list[str]] = []
         for res, vec in zip(resolved, qvecs, strict=True):
             match = {"match": {"search_text": res.query}}
-            parts = {
-                "bm25": {"query": {"bool": {"must": [match], "filter": filters}}, "size": n},
-                "dense": {"knn": {"field": "vector", "query_vector": vec.tolist(), "k": n,
-                                  "num_candidates": max(n * 2, 100), **({"filter": filters} if filters else {})},
-                          "size": n},
-            }
+            parts = {}
+            if weight["bm25"] > 0:
+                parts["bm25"] = {"query": {"bool": {"must": [match], "filter": filters}}, "size": n}
+            if weight["dense"] > 0:
+                parts["dense"] = {"knn": self._knn(vec, n, filters), "size": n}
             if res.entity is not None and self.context_weight:
                 about = {"bool": {"should": [{"term": {"entity": res.entity}}, {"term": {"title": res.entity}}],
                                   "minimum_should_match": 1}}
@@ -253,34 +247,45 @@ class ElasticStore:
             layout.append(list(parts))
             for body in parts.values():
                 searches.extend([{"index": self.alias}, {**body, "_source": {"excludes": ["vector", "search_text"]}}])
-        ndjson = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in searches)
-        responses = iter(self.rest.call("POST", "/_msearch", ndjson, ndjson=True)["responses"])
-        weights = {"bm25": self.bm25_weight, "dense": self.dense_weight, "entity": self.context_weight}
+        responses = iter(self._msearch(searches) if searches else [])
         out = []
         for res, names in zip(resolved, layout, strict=True):
-            lists, sources, ranks = [], {}, {}
+            lists, sources = {}, {}
             for name in names:
                 response = next(responses)
                 if "error" in response:
                     raise StoreError(f"{self.alias}: {name} search failed: {response['error']}")
                 ranked = []
-                for rank, hit in enumerate(response["hits"]["hits"], 1):
+                for hit in response["hits"]["hits"]:
                     sources[hit["_id"]] = hit["_source"]
-                    ranked.append((hit["_id"], float(hit["_score"] or 0.0)))
-                    ranks.setdefault(hit["_id"], {})[name] = (rank, hit["_score"])
-                lists.append((weights[name], ranked))
-            fused = rrf(lists, self.rrf_k)
-            best = sorted(fused, key=lambda d: (-fused[d], d))[:top_k]
-            hits = []
-            for doc in best:
-                why: dict[str, Any] = {}
-                for name in ("dense", "bm25", "entity"):
-                    rank, score = ranks[doc].get(name, (None, None))
-                    why[f"{name}_rank"], why[f"{name}_score"] = rank, score
-                why.update(context_entity=res.entity, entity_source=res.source, query=res.query)
-                hits.append(Hit(_item(sources[doc]), fused[doc], why))
-            out.append(hits)
+                    score = float(hit["_score"] or 0.0)
+                    ranked.append((hit["_id"], _cosine(score) if name == "dense" else score))
+                lists[name] = (weight[name], ranked)
+            out.append([Hit(_item(sources[doc]), score, why) for doc, score, why in fuse(lists, self.rrf_k, top_k, res)])
         return out
+
+    def nearest_qa(self, vector: Any, *, text: str = "", context: Sequence[str] | None = None) -> Hit | None:
+        """The QA item nearest to `vector` by kNN (the hit's score: the cosine); see `KnowledgeSource`."""
+        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if vector.shape[0] != self.embedder.dim:
+            return None
+        res = self.tracker.resolve(text, context)
+        filters = self._filters("qa", None)
+        if res.entity:
+            filters.append({"bool": {"should": [{"term": {"entity": res.entity}}, {"term": {"title": res.entity}}],
+                                     "minimum_should_match": 1}})
+        body = {"knn": self._knn(vector, 1, filters), "size": 1, "_source": {"excludes": ["vector", "search_text"]}}
+        hits = self.rest.call("POST", f"/{self.alias}/_search", body)["hits"]["hits"]
+        if not hits:
+            return None
+        cosine = round(_cosine(float(hits[0]["_score"] or 0.0)), 6)
+        why = {"dense_rank": 1, "dense_score": cosine, "context_entity": res.entity, "entity_source": res.source,
+               "query": text}
+        return Hit(_item(hits[0]["_source"]), cosine, why)
+
+    def resolve(self, text: str, context: Sequence[str] | None = None) -> Resolution:
+        """The entity `text` is about in `context`, and the query this store would search with."""
+        return self.tracker.resolve(text, context)
 
     def as_retriever(self, **kw: Any) -> Any:
         from knowledge.langchain import StoreRetriever
@@ -293,6 +298,24 @@ class ElasticStore:
             self.rest.call("DELETE", f"/{index}")
 
     # -- internals ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def _filters(kind: str | None, tags: Sequence[str] | None) -> list[dict[str, Any]]:
+        filters: list[dict[str, Any]] = []
+        if kind:
+            filters.append({"term": {"kind": kind}})
+        if tags:
+            filters.append({"terms": {"tags": list(tags)}})
+        return filters
+
+    @staticmethod
+    def _knn(vector: np.ndarray, k: int, filters: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"field": "vector", "query_vector": np.asarray(vector).tolist(), "k": k,
+                "num_candidates": max(k * 2, 100), **({"filter": filters} if filters else {})}
+
+    def _msearch(self, searches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        ndjson = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in searches)
+        return self.rest.call("POST", "/_msearch", ndjson, ndjson=True)["responses"]
+
     def _scan(self, fields: list[str], *, query: dict[str, Any] | None = None, exclude: list[str] | None = None):
         """Every document's _source in position order (search_after paging)."""
         after = None
@@ -330,6 +353,11 @@ class ElasticStore:
 
     def __repr__(self) -> str:
         return f"ElasticStore({self.alias}, embedder={self.embedder.name})"
+
+
+def _cosine(score: float) -> float:
+    """Elasticsearch's dot_product similarity as a cosine: the server reports (1 + dot) / 2 for unit vectors."""
+    return 2.0 * score - 1.0
 
 
 class _Existing:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import abc
 import hashlib
 import os
+import sqlite3
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
@@ -183,24 +185,35 @@ def get_embedder(name: str = "default") -> Embedder:
         return _CACHE[key]
 
 
-class CachedEmbedder:
-    """An embedder with a persistent SQLite cache of (embedder, role, text) -> vector.
+class CachingEmbedder:
+    """An embedder that runs its model once per (role, text): the last `capacity` texts in memory and, given a
+    `path`, every text it ever embedded in a SQLite file.
 
-    Rebuilding a store after editing one source re-embeds only the texts that changed. The cache is keyed by the
-    embedder's name: after replacing a local model directory in place, clear it (delete the file).
+    In memory it serves a dialogue turn: history selection and the stores' retrievers embed the same utterance,
+    and with both behind one `CachingEmbedder` the model runs once. On disk it serves builds: rebuilding a store
+    after editing one source re-embeds only the texts that changed. Vectors are identical to the wrapped
+    embedder's. The disk cache is keyed by the embedder's name: after replacing a local model directory in place,
+    delete the file. `hits` and `misses` count texts served from a cache and texts the model had to embed.
     """
 
-    def __init__(self, embedder: Embedder, path: str | Path) -> None:
-        import sqlite3
-
-        self.inner, self.name, self.dim = embedder, embedder.name, embedder.dim
-        self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS vectors (embedder TEXT, key BLOB, vec BLOB, PRIMARY KEY (embedder, key))")
-        self._db.commit()
+    def __init__(self, inner: Embedder, *, capacity: int = 4096, path: str | Path | None = None) -> None:
+        self.inner, self.capacity = inner, capacity
+        self.name, self.dim = inner.name, inner.dim
+        self._lru: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
         self.hits = self.misses = 0
+        self.path = Path(path).expanduser() if path is not None else None
+        self._db = self._open(self.path) if self.path is not None else None
+        self._db_lock = threading.Lock()
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, timeout=60, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE IF NOT EXISTS vectors (embedder TEXT, key BLOB, vec BLOB, PRIMARY KEY (embedder, key))")
+        db.commit()
+        return db
 
     @staticmethod
     def _key(role: str, text: str) -> bytes:
@@ -209,43 +222,97 @@ class CachedEmbedder:
     def encode(
         self, texts: list[str], *, batch_size: int = 64, progress: bool = False, role: Role = "passage"
     ) -> np.ndarray:
+        if isinstance(texts, str):
+            raise TypeError("encode() takes a list of texts, not a single string")
         texts = list(texts)
-        keys = [self._key(role, t) for t in texts]
-        found: dict[bytes, np.ndarray] = {}
-        unique = list(dict.fromkeys(keys))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            rows = self._db.execute(
-                f"SELECT key, vec FROM vectors WHERE embedder = ? AND key IN ({','.join('?' * len(chunk))})",
-                [self.name, *chunk],
-            ).fetchall()
-            for key, blob in rows:
-                vec = np.frombuffer(blob, dtype=np.float32)
-                if vec.shape[0] == self.dim:
-                    found[key] = vec
-        todo = {k: t for k, t in zip(keys, texts, strict=True) if k not in found}
-        self.hits += len(texts) - sum(1 for k in keys if k in todo)
-        self.misses += len(todo)
-        if todo:
-            # Encode and commit in chunks, so an interrupted build keeps what it has already paid for.
-            pending = list(todo.items())
-            chunk = max(batch_size, 256)
-            bar = tqdm(total=len(pending), desc=f"embed ({self.name})", unit="text", disable=not progress, leave=False)
-            with bar:
-                for start in range(0, len(pending), chunk):
-                    part = pending[start : start + chunk]
-                    fresh = self.inner.encode([t for _, t in part], batch_size=batch_size, role=role)
-                    with self._db:
-                        self._db.executemany(
-                            "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
-                            [(self.name, k, v.tobytes()) for (k, _), v in zip(part, fresh, strict=True)],
-                        )
-                    found.update((k, v) for (k, _), v in zip(part, fresh, strict=True))
-                    bar.update(len(part))
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for i, key in enumerate(keys):
-            out[i] = found[key]
+        missing: dict[str, list[int]] = {}  # text -> its rows in `out`
+        with self._lock:
+            for i, text in enumerate(texts):
+                hit = self._lru.get((role, text)) if self.capacity > 0 else None
+                if hit is None:
+                    missing.setdefault(text, []).append(i)
+                else:
+                    self._lru.move_to_end((role, text))
+                    out[i] = hit
+        if missing and self._db is not None:
+            for text, vector in self._read(role, list(missing)).items():
+                out[missing.pop(text)] = vector
+                self._remember(role, text, vector)
+        self.hits += len(texts) - sum(len(rows) for rows in missing.values())
+        self.misses += len(missing)
+        if missing:
+            self._embed(role, missing, out, batch_size, progress)
         return out
 
+    def _embed(self, role: Role, missing: dict[str, list[int]], out: np.ndarray, batch_size: int,
+               progress: bool) -> None:
+        pending = list(missing)
+        if self._db is None:
+            fresh = self.inner.encode(pending, batch_size=batch_size, progress=progress, role=role)
+            for text, vector in zip(pending, fresh, strict=True):
+                out[missing[text]] = vector
+                self._remember(role, text, vector)
+            return
+        # On disk: encode and commit in chunks, so an interrupted build keeps what it has already paid for.
+        chunk = max(batch_size, 256)
+        bar = tqdm(total=len(pending), desc=f"embed ({self.name})", unit="text", disable=not progress, leave=False)
+        with bar:
+            for start in range(0, len(pending), chunk):
+                part = pending[start : start + chunk]
+                fresh = self.inner.encode(part, batch_size=batch_size, role=role)
+                with self._db_lock, self._db:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
+                        [(self.name, self._key(role, t), v.tobytes()) for t, v in zip(part, fresh, strict=True)],
+                    )
+                for text, vector in zip(part, fresh, strict=True):
+                    out[missing[text]] = vector
+                    self._remember(role, text, vector)
+                bar.update(len(part))
+
+    def _read(self, role: str, texts: list[str]) -> dict[str, np.ndarray]:
+        """The vectors the disk cache holds for `texts`."""
+        assert self._db is not None
+        by_key = {self._key(role, t): t for t in texts}
+        keys = list(by_key)
+        found: dict[str, np.ndarray] = {}
+        with self._db_lock:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                rows = self._db.execute(
+                    f"SELECT key, vec FROM vectors WHERE embedder = ? AND key IN ({','.join('?' * len(chunk))})",
+                    [self.name, *chunk],
+                ).fetchall()
+                for key, blob in rows:
+                    vec = np.frombuffer(blob, dtype=np.float32)
+                    if vec.shape[0] == self.dim:
+                        found[by_key[key]] = vec
+        return found
+
+    def _remember(self, role: str, text: str, vector: np.ndarray) -> None:
+        if self.capacity <= 0:
+            return
+        with self._lock:
+            self._lru[(role, text)] = vector
+            self._lru.move_to_end((role, text))
+            while len(self._lru) > self.capacity:
+                self._lru.popitem(last=False)
+
     def __repr__(self) -> str:
-        return f"CachedEmbedder({self.inner!r}, {self.path})"
+        where = f", {self.path}" if self.path is not None else ""
+        return f"CachingEmbedder({self.inner!r}, capacity={self.capacity}{where})"
+
+
+_SHARED: dict[str, CachingEmbedder] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_embedder(name: str = "default") -> CachingEmbedder:
+    """The process-wide in-memory `CachingEmbedder` over `get_embedder(name)`: what a dialogue turn and the stores
+    it queries share, so that an utterance is embedded once."""
+    inner = get_embedder(name)
+    with _SHARED_LOCK:
+        if inner.name not in _SHARED:
+            _SHARED[inner.name] = CachingEmbedder(inner)
+        return _SHARED[inner.name]

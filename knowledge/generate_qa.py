@@ -1,15 +1,16 @@
-"""`--generate-qa`: QA pairs written from descriptions by the configured model backend.
+"""`--generate-qa`: QA pairs written from descriptions by a language model.
 
-XDAI grew its QA store by running a question generator over descriptions; here the configured backend
-(`xdai.backends.get_backend`) plays that part: first it asks a question the description answers, then it
-answers it from the description. Generated items keep the description's provenance and carry the tag
-``generated``. Off by default: a small model writes plausible but unchecked pairs.
+XDAI grew its QA store by running a question generator over descriptions; here a `Fill` function plays that
+part: first it asks a question the description answers, then it answers it from the description. The knowledge
+package knows no model: the application hands it a `Fill` (``xdai knowledge --generate-qa`` builds one from the
+configured backend). Generated items keep the description's provenance and carry the tag ``generated``. Off by
+default: a small model writes plausible but unchecked pairs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -30,28 +31,24 @@ PROMPTS = {
 }
 GENERATED_TAG = "generated"
 
-
-def _complete(backend: Any, prompt: str, max_tokens: int) -> str:
-    from xdai.backends import GenerationSettings, Infill
-
-    settings = GenerationSettings(temperature=0.0, top_p=1.0, max_tokens=max_tokens, stop=["\n"], seed=0)
-
-    async def run() -> str:
-        return "".join([piece async for piece in backend.fill(Infill(before=prompt), settings)])
-
-    return re.sub(r"\s+", " ", asyncio.run(run())).strip()
+Fill = Callable[[str, int], str]
+"""(prompt, max_tokens) -> the model's greedy continuation of `prompt`, up to the end of its line."""
 
 
-def generate_qa(descriptions: list[Item], backend: Any, *, progress: bool = False, max_tokens: int = 64) -> list[Item]:
+def _complete(fill: Fill, prompt: str, max_tokens: int) -> str:
+    return re.sub(r"\s+", " ", fill(prompt, max_tokens)).strip()
+
+
+def generate_qa(descriptions: list[Item], fill: Fill, *, progress: bool = False, max_tokens: int = 64) -> list[Item]:
     """One QA pair per description; a description the model cannot question (empty output) gets none."""
     out: list[Item] = []
     for item in tqdm(descriptions, desc="generate QA", unit="desc", disable=not progress, leave=False):
         prompts = PROMPTS[lang_of(item.text)]
         fields = {"title": item.title or "", "text": item.text[:1500]}
-        q = _complete(backend, prompts["question"].format(**fields), max_tokens)
+        q = _complete(fill, prompts["question"].format(**fields), max_tokens)
         if not q:
             continue
-        a = _complete(backend, prompts["answer"].format(q=q, **fields), max_tokens)
+        a = _complete(fill, prompts["answer"].format(q=q, **fields), max_tokens)
         if not a:
             continue
         out.append(replace(item, id="", kind="qa", text=f"{q}\n{a}", q=q, a=a, tags=[*item.tags, GENERATED_TAG], lang=lang_of(f"{q}\n{a}"),
@@ -59,14 +56,11 @@ def generate_qa(descriptions: list[Item], backend: Any, *, progress: bool = Fals
     return out
 
 
-def generate_qa_documents(sources: list[Any], config: Any, *, progress: bool = False) -> list[Item]:
-    """QA pairs from every description in `sources`, with the backend `config.backend` names.
+def generate_qa_documents(sources: list[Any], fill: Fill, *, progress: bool = False) -> list[Item]:
+    """QA pairs from every description in `sources`, written by `fill`.
 
     Bad records are left to the build itself to report (it reads the same sources)."""
-    from xdai.backends import get_backend
-
     descriptions = [it for it in read_sources(sources, Problems(skip_bad=True)) if it.kind == "description"]
     if not descriptions:
         return []
-    backend = get_backend(config.backend.name, config.backend.model)
-    return generate_qa(descriptions, backend, progress=progress)
+    return generate_qa(descriptions, fill, progress=progress)

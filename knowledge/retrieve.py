@@ -1,8 +1,8 @@
 """Hybrid retrieval: dense (FAISS) + BM25, fused by weighted reciprocal-rank fusion, resolved in dialogue context.
 
 For each query: `EntityTracker` resolves the entity it is about (named in it, or earlier in the dialogue), the
-entity-expanded query is searched densely and lexically, and the two ranked lists are fused,
-``score(d) = sum_l w_l / (rrf_k + rank_l(d))``. When an entity is resolved, a third list joins the fusion: that
+entity-expanded query is searched densely and lexically, and the two ranked lists are fused by weighted
+reciprocal-rank fusion (`knowledge.fusion`). When an entity is resolved, a third list joins the fusion: that
 entity's own items, ranked by the same dense + BM25 fusion among themselves, with weight ``context_weight`` (a
 large weight puts the entity's items first; 0 turns the list off). The same object serves the dialogue engine in
 process and the CLI's batch queries.
@@ -18,20 +18,11 @@ import numpy as np
 from knowledge.bm25 import BM25Index
 from knowledge.context import EntityTracker, Resolution
 from knowledge.embed import Embedder
+from knowledge.fusion import FusionWeights, fuse, rrf
 from knowledge.item import Hit, Item
 
 Ranked = list[tuple[int, float]]  # (item index, score), best first
-
-
-def rrf(lists: Sequence[tuple[float, Ranked]], rrf_k: int) -> dict[int, float]:
-    """Weighted reciprocal-rank fusion: each list adds ``weight / (rrf_k + rank)`` (rank from 1) to its items."""
-    fused: dict[int, float] = {}
-    for weight, ranked in lists:
-        if weight == 0:
-            continue
-        for rank, (doc, _) in enumerate(ranked, start=1):
-            fused[doc] = fused.get(doc, 0.0) + weight / (rrf_k + rank)
-    return fused
+NEAREST_QA_DEPTH = 32  # dense neighbours scanned for a vector's nearest QA pair
 
 
 class HybridRetriever:
@@ -86,9 +77,11 @@ class HybridRetriever:
         top_k: int = 5,
         kind: str | None = None,
         tags: Sequence[str] | None = None,
+        weights: FusionWeights | None = None,
     ) -> list[Hit]:
         """The ``top_k`` items for ``query``; ``context`` is the dialogue before it, oldest first."""
-        return self.search_batch([{"query": query, "context": context}], top_k=top_k, kind=kind, tags=tags)[0]
+        return self.search_batch([{"query": query, "context": context}], top_k=top_k, kind=kind, tags=tags,
+                                 weights=weights)[0]
 
     def search_batch(
         self,
@@ -97,27 +90,54 @@ class HybridRetriever:
         top_k: int = 5,
         kind: str | None = None,
         tags: Sequence[str] | None = None,
+        weights: FusionWeights | None = None,
     ) -> list[list[Hit]]:
-        """One ranked hit list per ``{"query": str, "context": [str, ...]}``; the queries are encoded as one batch."""
+        """One ranked hit list per ``{"query": str, "context": [str, ...]}``; the queries are encoded as one batch.
+
+        `weights` scale this retriever's dense and BM25 weights for these queries (a persona's preference)."""
         if not self.items:
             return [[] for _ in queries]
         allowed = self.filter_mask(kind, tags)
         for n, q in enumerate(queries, start=1):
             _check_query(n, q)
+        scale = weights or FusionWeights()
+        w_dense, w_bm25 = self.dense_weight * scale.dense, self.bm25_weight * scale.bm25
         resolved = [self.tracker.resolve(q["query"], q.get("context")) for q in queries]
         texts = [r.query for r in resolved]
         n_cand = max(self.candidates, top_k)
-        use_dense = self.dense_weight > 0 and self.dense_index is not None
+        use_dense = w_dense > 0 and self.dense_index is not None
         qvecs = np.asarray(self.embedder.encode(texts, role="query"), dtype=np.float32) if use_dense and texts else None
         dense_lists = self._dense_search(qvecs, n_cand, allowed) if qvecs is not None else [[] for _ in texts]
         results = []
         for i, (res, text) in enumerate(zip(resolved, texts, strict=True)):
-            bm25_list = self.bm25.search(text, n_cand, allowed) if self.bm25_weight > 0 else []
-            lists = [(self.dense_weight, dense_lists[i]), (self.bm25_weight, bm25_list)]
-            entity_list = self._entity_list(res, queries[i]["query"], qvecs[i] if qvecs is not None else None, allowed)
-            lists.append((self.context_weight, entity_list))
-            results.append(self._hits(lists, top_k, res))
+            bm25_list = self.bm25.search(text, n_cand, allowed) if w_bm25 > 0 else []
+            entity_list = self._entity_list(res, queries[i]["query"], qvecs[i] if qvecs is not None else None, allowed,
+                                            w_dense, w_bm25)
+            lists = {"dense": (w_dense, dense_lists[i]), "bm25": (w_bm25, bm25_list),
+                     "entity": (self.context_weight, entity_list)}
+            results.append([Hit(self.items[doc], score, why) for doc, score, why in fuse(lists, self.rrf_k, top_k, res)])
         return results
+
+    def nearest_qa(self, vector: np.ndarray, *, text: str = "", context: Sequence[str] | None = None,
+                   depth: int = NEAREST_QA_DEPTH) -> Hit | None:
+        """The QA item nearest to `vector` among its `depth` dense neighbours (score: the cosine), or None.
+
+        When `text` in `context` resolves to an entity, only that entity's QA pairs qualify: "那它那里需要门票吗？"
+        must not get another place's ticket price."""
+        index = self.dense_index
+        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        if index is None or not self.items or index.d != query.shape[1]:
+            return None
+        res = self.tracker.resolve(text, context)
+        scores, ids = index.search(query, min(depth, index.ntotal))
+        for rank, (score, i) in enumerate(zip(scores[0], ids[0], strict=True), start=1):
+            item = self.items[i] if i >= 0 else None
+            if item is None or item.kind != "qa" or (res.entity and res.entity not in (item.entity, item.title)):
+                continue
+            why = {"dense_rank": rank, "dense_score": round(float(score), 6), "context_entity": res.entity,
+                   "entity_source": res.source, "query": text}
+            return Hit(item, float(score), why)
+        return None
 
     def filter_mask(self, kind: str | None = None, tags: Sequence[str] | None = None) -> np.ndarray | None:
         """Boolean mask of the items a kind/tags filter lets through (None: no filter). Tags: any of them."""
@@ -147,7 +167,8 @@ class HybridRetriever:
                 return lists
             fetch = min(fetch * 4, total)
 
-    def _entity_list(self, res: Resolution, utterance: str, qvec: np.ndarray | None, allowed: np.ndarray | None) -> Ranked:
+    def _entity_list(self, res: Resolution, utterance: str, qvec: np.ndarray | None, allowed: np.ndarray | None,
+                     w_dense: float, w_bm25: float) -> Ranked:
         """The resolved entity's items, ranked among themselves by the same dense + BM25 fusion.
 
         BM25 scores the bare utterance with only the terms that tell the entity's items apart (not its name, not
@@ -162,12 +183,12 @@ class HybridRetriever:
             return []
         lists: list[tuple[float, Ranked]] = []
         evidence = self.bm25.scores_among(utterance, ids)
-        if self.bm25_weight > 0:
+        if w_bm25 > 0:
             ranked = [(ids[j], float(evidence[j])) for j in np.argsort(-evidence, kind="stable") if evidence[j] > 0]
-            lists.append((self.bm25_weight, ranked))
+            lists.append((w_bm25, ranked))
         if qvec is not None:
             s = self._item_vectors(ids) @ qvec
-            lists.append((self.dense_weight, [(ids[j], float(s[j])) for j in np.argsort(-s, kind="stable")]))
+            lists.append((w_dense, [(ids[j], float(s[j])) for j in np.argsort(-s, kind="stable")]))
         asks_nothing_specific = not any(e > 0 and self._kind[i] != "description" for i, e in zip(ids, evidence, strict=True))
         if asks_nothing_specific:
             lists.append((self.description_prior, [(i, 0.0) for i in ids if self._kind[i] == "description"]))
@@ -178,24 +199,6 @@ class HybridRetriever:
     def _item_vectors(self, ids: list[int]) -> np.ndarray:
         """The entity's item vectors, read back from the index (flat and HNSW indexes, CPU or GPU, keep them)."""
         return np.asarray(self.dense_index.reconstruct_batch(np.asarray(ids, dtype=np.int64)), dtype=np.float32)
-
-    def _hits(self, lists: list[tuple[float, Ranked]], top_k: int, res: Resolution) -> list[Hit]:
-        fused = rrf(lists, self.rrf_k)
-        best = sorted(fused, key=lambda d: (-fused[d], d))[:top_k]
-        names = ("dense", "bm25", "entity")
-        ranks = [{doc: (rank, score) for rank, (doc, score) in enumerate(ranked, start=1)} for _, ranked in lists]
-        hits = []
-        for doc in best:
-            why: dict[str, Any] = {}
-            for name, table in zip(names, ranks, strict=True):
-                rank, score = table.get(doc, (None, None))
-                why[f"{name}_rank"] = rank
-                why[f"{name}_score"] = None if score is None else round(score, 6)
-            why["context_entity"] = res.entity
-            why["entity_source"] = res.source
-            why["query"] = res.query
-            hits.append(Hit(self.items[doc], fused[doc], why))
-        return hits
 
 
 def _check_query(n: int, query: dict) -> None:

@@ -40,10 +40,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from knowledge.bm25 import BM25Index, default_tokenizer_spec
+from knowledge.context import Resolution
 from knowledge.curate import CurationReport, clean, item_id, near_duplicates
-from knowledge.embed import CachedEmbedder, Embedder, get_embedder
+from knowledge.embed import CachingEmbedder, Embedder, get_embedder
+from knowledge.fusion import FusionWeights
 from knowledge.item import Hit, Item
 from knowledge.retrieve import HybridRetriever
+from knowledge.settings import KnowledgeSettings
 from knowledge.sources import Problems, SourceError, read_sources
 
 STORE_FORMAT = "xdai-store/1"
@@ -115,29 +118,21 @@ class _QueryEncoder:
         return self.embedder.encode(list(texts), **kw)
 
 
-def knowledge_settings(config: Any) -> Any:
-    if config is None:
-        from xdai.config import load_config
-
-        config = load_config()
-    return getattr(config, "knowledge", config)
-
-
-def resolve_embedder(embedder: str | Embedder, config: Any) -> Embedder:
+def resolve_embedder(embedder: str | Embedder, settings: KnowledgeSettings | None) -> Embedder:
+    """An embedder object for a name; "default" means `settings.embedder` when settings are given."""
     if isinstance(embedder, str):
-        if embedder == "default" and config is not None and getattr(config, "embedder", None) is not None:
-            embedder = config.embedder.name
+        if embedder == "default" and settings is not None:
+            embedder = settings.embedder
         return get_embedder(embedder)
     return embedder
 
 
-def passage_embedder(emb: Embedder, config: Any, embed_cache: bool | None) -> Embedder:
-    """The embedder a build encodes passages with: cached on disk unless turned off ($XDAI_EMBED_CACHE=0)."""
-    if embed_cache is None:
-        embed_cache = os.environ.get("XDAI_EMBED_CACHE", "1").strip().lower() not in ("0", "off", "false", "no")
-    if not embed_cache:
+def passage_embedder(emb: Embedder, settings: KnowledgeSettings, embed_cache: bool | None) -> Embedder:
+    """The embedder a build encodes passages with: cached on disk unless turned off (`embed_cache`, else
+    `settings.embed_cache`)."""
+    if not (settings.embed_cache if embed_cache is None else embed_cache):
         return emb
-    return CachedEmbedder(emb, Path(config.paths.cache_dir) / "embeddings.sqlite3")
+    return CachingEmbedder(emb, capacity=0, path=Path(settings.cache_dir) / "embeddings.sqlite3")
 
 
 # --------------------------------------------------------------------------------------------- dense index
@@ -313,11 +308,11 @@ class Store:
         manifest: dict[str, Any],
         *,
         path: Path | None = None,
-        config: Any = None,
+        settings: KnowledgeSettings | None = None,
     ) -> None:
         self.embedder = embedder
         self.path = path
-        self.config = config
+        self.settings = settings if settings is not None else KnowledgeSettings()
         self._set(items, dense_index, bm25, manifest)
 
     def _set(self, items: list[Item], dense_index: Any, bm25: BM25Index, manifest: dict[str, Any]) -> None:
@@ -327,7 +322,7 @@ class Store:
         self.bm25 = bm25
         self.manifest = manifest
         self._by_id = {it.id: it for it in items}
-        k = knowledge_settings(self.config)
+        k = self.settings
         self.retriever = HybridRetriever(
             items, dense_index, bm25, _QueryEncoder(self.embedder),
             dense_weight=k.dense_weight, bm25_weight=k.bm25_weight, rrf_k=k.rrf_k,
@@ -343,29 +338,27 @@ class Store:
         embedder: str | Embedder = "default",
         skip_bad: bool = False,
         progress: bool = True,
-        config: Any = None,
+        settings: KnowledgeSettings | None = None,
         embed_cache: bool | None = None,
     ) -> BuildReport:
         """Read, curate, embed and index `sources` into a new store at `out` (replacing any store there).
 
-        Passage embeddings are cached on disk (`embed_cache`; default on unless $XDAI_EMBED_CACHE=0)."""
-        from xdai.config import load_config
-
-        config = config if config is not None else load_config()
+        Passage embeddings are cached on disk (`embed_cache`; default: `settings.embed_cache`)."""
+        settings = settings if settings is not None else KnowledgeSettings()
         target = Path(out)
         _check_target(target)
-        emb = resolve_embedder(embedder, config)
+        emb = resolve_embedder(embedder, settings)
         start = time.perf_counter()
         items, vectors, report, skipped, labels = curate_sources(
-            sources, passage_embedder(emb, config, embed_cache), config, skip_bad=skip_bad, progress=progress
+            sources, passage_embedder(emb, settings, embed_cache), settings, skip_bad=skip_bad, progress=progress
         )
         store_path = _materialise(target, items, vectors, emb, labels, report, skipped, start, progress)
         manifest = json.loads((store_path / "manifest.json").read_text(encoding="utf-8"))
         return _report_from(manifest, len(items), report, skipped, time.perf_counter() - start, str(target))
 
     @classmethod
-    def open(cls, path: str | Path, *, embedder: str | Embedder | None = None, config: Any = None,
-             verify: bool = True) -> Store:
+    def open(cls, path: str | Path, *, embedder: str | Embedder | None = None,
+             settings: KnowledgeSettings | None = None, verify: bool = True) -> Store:
         """Load a store directory; `verify` checks every file against the manifest's sha256."""
         root = Path(path)
         manifest_path = root / "manifest.json"
@@ -397,14 +390,15 @@ class Store:
         if manifest["dense"]["type"] == "hnsw":
             faiss.downcast_index(_to_cpu(dense)).hnsw.efSearch = manifest["dense"].get("efSearch", HNSW_EF_SEARCH)
         bm25 = BM25Index.load(root / "bm25")
-        return cls(items, dense, bm25, emb, manifest, path=root, config=config)
+        return cls(items, dense, bm25, emb, manifest, path=root, settings=settings)
 
     @classmethod
-    def from_items(cls, items: Iterable[Item], embedder: str | Embedder = "default", *, config: Any = None) -> Store:
+    def from_items(cls, items: Iterable[Item], embedder: str | Embedder = "default", *,
+                   settings: KnowledgeSettings | None = None) -> Store:
         """An in-memory store (no directory): personas' inline knowledge. Items are curated like a build's."""
-        emb = resolve_embedder(embedder, config)
+        k = settings if settings is not None else KnowledgeSettings()
+        emb = resolve_embedder(embedder, k)
         report = CurationReport()
-        k = knowledge_settings(config)
         kept = clean(list(items), max_chars=k.max_item_chars, report=report)
         vectors = emb.encode([it.search_text for it in kept], progress=False)
         mask = _near_dup_mask(kept, vectors, emb.dim, k.near_duplicate_threshold, report)
@@ -413,15 +407,16 @@ class Store:
         spec = default_tokenizer_spec(kept)
         bm25 = BM25Index.build([it.search_text for it in kept], spec)
         manifest = _manifest(kept, emb, dense_info, spec, [], report, [], 0.0)
-        return cls(kept, dense, bm25, emb, manifest, config=config)
+        return cls(kept, dense, bm25, emb, manifest, settings=k)
 
     @classmethod
     def from_vectors(cls, items: list[Item], vectors: np.ndarray, out: str | Path, *,
-                     embedder: str | Embedder = "default", config: Any = None, progress: bool = True) -> Store:
+                     embedder: str | Embedder = "default", settings: KnowledgeSettings | None = None,
+                     progress: bool = True) -> Store:
         """Write a store from items whose embeddings were computed elsewhere (a pipeline, a benchmark).
 
         No curation: items keep their order; missing ids become content hashes; duplicate ids are an error."""
-        emb = resolve_embedder(embedder, config)
+        emb = resolve_embedder(embedder, settings)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.shape != (len(items), emb.dim):
             raise StoreError(f"{len(items)} items need vectors of shape ({len(items)}, {emb.dim}), got {vectors.shape}")
@@ -434,18 +429,15 @@ class Store:
         _check_target(target)
         _materialise(target, items, vectors, emb, ["<vectors>"],
                      CurationReport(read=len(items), kept=len(items)), [], time.perf_counter(), progress)
-        return cls.open(target, embedder=emb, config=config, verify=False)
+        return cls.open(target, embedder=emb, settings=settings, verify=False)
 
     def add(self, sources: Sequence[str | Path | Any], *, skip_bad: bool = False, progress: bool = True,
             embed_cache: bool | None = None) -> BuildReport:
         """Curate and index new sources into this store (deduplicated against it); on disk, atomically."""
-        from xdai.config import load_config
-
-        config = self.config if self.config is not None else load_config()
         start = time.perf_counter()
         new, new_vectors, report, skipped, labels = curate_sources(
-            sources, passage_embedder(self.embedder, config, embed_cache), config, skip_bad=skip_bad, progress=progress,
-            existing=self,
+            sources, passage_embedder(self.embedder, self.settings, embed_cache), self.settings, skip_bad=skip_bad,
+            progress=progress, existing=self,
         )
         items = self.items + new
         vectors = np.concatenate([_all_vectors(_to_cpu(self.dense_index)), new_vectors]) if new else None
@@ -461,19 +453,34 @@ class Store:
         if new:
             _materialise(self.path, items, vectors, self.embedder, old_sources + labels, report, skipped,
                          start, progress)
-            fresh = Store.open(self.path, embedder=self.embedder, config=self.config, verify=False)
+            fresh = Store.open(self.path, embedder=self.embedder, settings=self.settings, verify=False)
             self._set(fresh.items, fresh.dense_index, fresh.bm25, fresh.manifest)
         return _report_from(self.manifest, len(new), report, skipped, time.perf_counter() - start, str(self.path), "added to")
 
-    # -- reading -----------------------------------------------------------------------------------------------
-    def query(self, query: str, *, context: list[str] | None = None, top_k: int = 5, kind: str | None = None,
-              tags: list[str] | None = None) -> list[Hit]:
-        return self.retriever.search(query, context=context, top_k=top_k, kind=kind, tags=tags)
+    # -- reading (the `knowledge.source.KnowledgeSource` protocol, and more) ------------------------------------
+    def query(self, query: str, *, context: Sequence[str] | None = None, top_k: int | None = None,
+              kind: str | None = None, tags: Sequence[str] | None = None,
+              weights: FusionWeights | None = None) -> list[Hit]:
+        """The best `top_k` hits (default `settings.top_k`) for `query` said after `context`, oldest first."""
+        return self.retriever.search(query, context=context, top_k=self._k(top_k), kind=kind,
+                                     tags=tags, weights=weights)
 
-    def query_batch(self, queries: list[dict[str, Any]], *, top_k: int = 5, kind: str | None = None,
-                    tags: list[str] | None = None) -> list[list[Hit]]:
+    def query_batch(self, queries: list[dict[str, Any]], *, top_k: int | None = None, kind: str | None = None,
+                    tags: Sequence[str] | None = None, weights: FusionWeights | None = None) -> list[list[Hit]]:
         """One hit list per ``{"query": ..., "context": [...]}``, queries embedded as one batch."""
-        return self.retriever.search_batch(queries, top_k=top_k, kind=kind, tags=tags)
+        return self.retriever.search_batch(queries, top_k=self._k(top_k), kind=kind, tags=tags,
+                                           weights=weights)
+
+    def _k(self, top_k: int | None) -> int:
+        return self.settings.top_k if top_k is None else top_k
+
+    def nearest_qa(self, vector: Any, *, text: str = "", context: Sequence[str] | None = None) -> Hit | None:
+        """The QA item nearest to `vector` (an embedding by this store's embedder); see `KnowledgeSource`."""
+        return self.retriever.nearest_qa(vector, text=text, context=context)
+
+    def resolve(self, text: str, context: Sequence[str] | None = None) -> Resolution:
+        """The entity `text` is about in `context`, and the query this store would search with."""
+        return self.retriever.tracker.resolve(text, context)
 
     def item(self, item_id: str) -> Item:
         try:
@@ -522,11 +529,13 @@ def _source_label(source: Any) -> str:
 
 
 def curate_sources(
-    sources: Sequence[Any], emb: Embedder, config: Any, *, skip_bad: bool, progress: bool,
-    existing: Store | None = None,
+    sources: Sequence[Any], emb: Embedder, settings: KnowledgeSettings, *, skip_bad: bool, progress: bool,
+    existing: Any = None,
 ) -> tuple[list[Item], np.ndarray, CurationReport, list[SourceError], list[str]]:
-    """Read -> clean -> embed -> near-dedup. Raises SourceError (nothing written) unless `skip_bad`."""
-    k = config.knowledge
+    """Read -> clean -> embed -> near-dedup. Raises SourceError (nothing written) unless `skip_bad`.
+
+    `existing` (a store being extended) offers `items`, `_by_id` and a FAISS `dense_index` of its vectors."""
+    k = settings
     if not sources:
         raise StoreError("no sources given")
     problems = Problems(skip_bad=skip_bad)
@@ -539,7 +548,7 @@ def curate_sources(
     items = clean(raw, max_chars=k.max_item_chars, report=report, seen=seen)
     if not items and existing is None:
         raise StoreError("no items to index: every record was empty, a duplicate or skipped")
-    vectors = emb.encode([it.search_text for it in items], batch_size=config.embedder.batch_size, progress=progress)
+    vectors = emb.encode([it.search_text for it in items], batch_size=k.batch_size, progress=progress)
     mask = _near_dup_mask(items, vectors, emb.dim, k.near_duplicate_threshold, report,
                           earlier=existing.items if existing else None,
                           earlier_index=existing.dense_index if existing else None)

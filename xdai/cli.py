@@ -17,7 +17,7 @@ from xdai.console import setup_console
 
 # name -> (module, attribute, one-line help). Each attribute is a click command or group.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "knowledge": ("knowledge.cli", "knowledge", "Build, extend, inspect and query knowledge stores."),
+    "knowledge": ("xdai.commands.knowledge", "knowledge", "Build, extend, inspect and query knowledge stores."),
     "persona": ("xdai.commands.persona", "persona", "Check, import and export personas (Character Card V2)."),
     "prompt": ("xdai.commands.prompt", "prompt", "Show the assembled, annotated prompt for one turn."),
     "chat": ("xdai.commands.chat", "chat", "Chat with a persona or bot in the terminal (streams)."),

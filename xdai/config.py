@@ -3,6 +3,9 @@
 Defaults work with no file at all. Every key can be overridden by an environment variable named
 ``XDAI_<SECTION>_<KEY>`` (upper case), e.g. ``XDAI_SERVER_PORT=9000`` or ``XDAI_BACKEND_NAME=hf``.
 Values from the environment are parsed as YAML scalars, so ``8765`` is an int and ``true`` a bool.
+
+The file is read once, at an entry point (`xdai.commands`), and each part gets its section: the stores a
+`KnowledgeSettings` (`Config.knowledge_settings`), a backend its constructor arguments (`Config.backend_options`).
 """
 
 from __future__ import annotations
@@ -15,13 +18,11 @@ from typing import Any
 
 import yaml
 
+from knowledge.settings import ConfigError, KnowledgeSettings
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_ENV = "XDAI_CONFIG"
 DEFAULT_CONFIG_FILE = "xdai.yaml"
-
-
-class ConfigError(ValueError):
-    """A configuration file or override is wrong; the message names the file and key."""
 
 
 @dataclass
@@ -38,12 +39,12 @@ class EmbedderConfig:
     # sentence-transformers model path or hub id.
     name: str = "default"
     batch_size: int = 64
+    cache: bool = True  # passage embeddings cached under paths.cache_dir between builds ($XDAI_EMBED_CACHE=0: off)
 
 
 @dataclass
 class KnowledgeConfig:
-    store: str = "stores/default"
-    top_k: int = 5
+    top_k: int = 5  # hits per store query when the caller names no count (`xdai knowledge query`)
     dense_weight: float = 1.0
     bm25_weight: float = 1.0
     rrf_k: int = 60
@@ -99,6 +100,26 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def knowledge_settings(self) -> KnowledgeSettings:
+        """What the knowledge package is configured by: the ``knowledge`` section, the embedder and the cache."""
+        k = self.knowledge
+        return KnowledgeSettings(
+            cache_dir=str(Path(self.paths.cache_dir).expanduser()), embed_cache=self.embedder.cache,
+            embedder=self.embedder.name, batch_size=self.embedder.batch_size, top_k=k.top_k,
+            dense_weight=k.dense_weight, bm25_weight=k.bm25_weight, rrf_k=k.rrf_k,
+            near_duplicate_threshold=k.near_duplicate_threshold, max_item_chars=k.max_item_chars,
+        )
+
+    def backend_options(self, name: str) -> dict[str, Any]:
+        """The constructor arguments the ``backend`` section gives backend `name` (a bot's options override them):
+        llama_cpp its context, threads and model cache; openai its server and key."""
+        b = self.backend
+        if name == "llama_cpp":
+            return {"n_ctx": b.n_ctx, "threads": b.threads, "cache_dir": self.paths.cache_dir}
+        if name == "openai":
+            return {"base_url": b.base_url, "api_key": b.api_key}
+        return {}
+
 
 def _apply(section: Any, values: dict[str, Any], where: str) -> None:
     known = {f.name: f for f in dataclasses.fields(section)}
@@ -145,6 +166,8 @@ def _env_overrides(cfg: Config, environ: dict[str, str]) -> None:
             name = f"XDAI_{f.name}".upper()
             if name in environ:
                 setattr(cfg, f.name, environ[name])
+    if "XDAI_EMBED_CACHE" in environ and "XDAI_EMBEDDER_CACHE" not in environ:  # the older, documented spelling
+        cfg.embedder.cache = environ["XDAI_EMBED_CACHE"].strip().lower() not in ("0", "off", "false", "no")
 
 
 def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Config:
@@ -169,4 +192,8 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
         _apply(cfg, data, str(file))
         cfg.source = str(file)
     _env_overrides(cfg, environ)
+    try:
+        cfg.knowledge_settings()  # out-of-range values fail here, naming the file, not at the first query
+    except ConfigError as exc:
+        raise ConfigError(f"{cfg.source}: {exc}") from None
     return cfg

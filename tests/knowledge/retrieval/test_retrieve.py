@@ -11,8 +11,9 @@ import pytest
 
 from knowledge.bm25 import BM25Index, default_tokenizer_spec
 from knowledge.embed import get_embedder
+from knowledge.fusion import rrf
 from knowledge.item import Item
-from knowledge.retrieve import HybridRetriever, rrf
+from knowledge.retrieve import HybridRetriever
 
 from .conftest import kb_items
 
