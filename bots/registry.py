@@ -1,6 +1,7 @@
 """Bots: persona + knowledge + backend (+ a flow), declared in ``bots/NAME/bot.yaml``.
 
-The registry only reads and validates declarations; the service turns a `BotSpec` into a running agent.
+The registry only reads and validates declarations; `bots.assemble` turns a `BotSpec` into a running bot, and
+`BotSpec.info()` is the plain description the service shows.
 A declaration is small on purpose so that later additions (flows with hooks, events) are new keys, not a new format.
 
     name: xiaodai            # optional; must equal the folder name when given
@@ -19,9 +20,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from knowledge.settings import KnowledgeSettings
+    from xdai.config import Config
+    from xdai.service.protocol import BotInfo
+    from xdai.turn import Agent
 
 NAME_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
 BOT_FILE = "bot.yaml"
@@ -44,10 +51,15 @@ class BotSpec:
     description: str = ""
     path: str = ""
 
+    def info(self) -> BotInfo:
+        """The public face the service shows at /bots: no paths, no options (they may hold secrets)."""
+        from xdai.service.protocol import BotInfo
+
+        return BotInfo(name=self.name, persona=self.persona, description=self.description, backend=self.backend,
+                       model=self.model, flow=self.flow)
+
     def to_json(self) -> dict[str, Any]:
-        """The public face served at /bots: no paths, no options (they may hold secrets)."""
-        return {"name": self.name, "persona": self.persona, "description": self.description,
-                "backend": self.backend, "model": self.model, "flow": self.flow}
+        return self.info().to_json()
 
 
 def valid_name(name: Any) -> bool:
@@ -128,9 +140,9 @@ def is_store_dir(path: str | Path) -> bool:
     return (Path(path) / "manifest.json").is_file()
 
 
-def ensure_store(spec: BotSpec, stores_dir: str | Path) -> list[str]:
+def ensure_store(spec: BotSpec, stores_dir: str | Path, settings: KnowledgeSettings | None = None) -> list[str]:
     """The knowledge store dirs for `spec`: built store dirs are used as they are; source dirs are built once
-    into ``stores_dir/bots/NAME`` (rebuilt when a source file is newer than the store)."""
+    into ``stores_dir/bots/NAME`` with `settings` (rebuilt when a source file is newer than the store)."""
     sources = [k for k in spec.knowledge if not is_store_dir(k)]
     stores = [k for k in spec.knowledge if is_store_dir(k)]
     if not sources:
@@ -142,21 +154,28 @@ def ensure_store(spec: BotSpec, stores_dir: str | Path) -> list[str]:
 
         started = time.monotonic()
         print(f"bot {spec.name}: building knowledge store {target} from {len(sources)} source(s)", file=sys.stderr)
-        Store.build(sources, target)
+        Store.build(sources, target, settings=settings)
         print(f"bot {spec.name}: store ready at {target} ({time.monotonic() - started:.1f}s)", file=sys.stderr)
     return stores + [str(target)]
 
 
-def build_agent(spec: BotSpec, stores_dir: str | Path) -> Any:
+def build_agent(spec: BotSpec, stores_dir: str | Path, personas_dir: str | Path | None = None, *,
+                config: Config | None = None) -> Agent:
     """The running form of a bot: an `xdai.turn.Agent` over its persona, its stores and its backend.
 
-    ``options.generation`` overrides the persona's generation settings (max_tokens, temperature, ...); every other
-    option goes to the backend's constructor (n_ctx, threads, ...)."""
+    ``options.generation`` overrides the persona's generation settings (max_tokens, temperature, ...; checked as
+    the persona's own); every other option goes to the backend's constructor (n_ctx, threads, ...), over what
+    `config`'s ``backend`` section gives that backend. `config` also gives the stores their knowledge settings."""
     from xdai.turn import Agent
 
     options = dict(spec.options)
-    generation = dict(options.pop("generation", {}) or {})
-    agent = Agent.from_names(persona=spec.persona, knowledge=ensure_store(spec, stores_dir) or None,
-                             backend=spec.backend, model=spec.model, **options)
-    agent.persona.generation = {**(agent.persona.generation or {}), **generation}
+    generation = options.pop("generation", None)
+    settings = None
+    if config is not None:
+        options = {**config.backend_options(spec.backend), **options}
+        settings = config.knowledge_settings()
+    agent = Agent.from_names(persona=spec.persona, knowledge=ensure_store(spec, stores_dir, settings) or None,
+                             backend=spec.backend, model=spec.model, personas_dir=personas_dir, stores_dir=stores_dir,
+                             knowledge_settings=settings, **options)
+    agent.persona.override_generation(generation, f"{Path(spec.path) / BOT_FILE}: options")
     return agent

@@ -3,9 +3,9 @@ sessions get the new version.
 
 `Reloader` watches, for every hosted bot, the files of its folder (bot.yaml, flow.py, interview data, knowledge)
 and its persona file. When one changes it re-reads and revalidates the bot and builds it again (reusing the
-running backend and stores when only the persona or flow changed), then swaps it into the server's tables. A
-broken edit is reported with file:line and the previous version keeps serving. Sessions already open keep the
-bot they started with.
+running backend and stores when only the persona or flow changed), then swaps it into the server's tables (and
+tells `on_swap`, which refreshes what the server shows about it). A broken edit is reported with file:line and
+the previous version keeps serving. Sessions already open keep the bot they started with.
 """
 
 from __future__ import annotations
@@ -36,14 +36,16 @@ class Reloader:
     """Watches the hosted bots and swaps `specs[name]` / `agents[name]` when their files change."""
 
     def __init__(self, bots_dir: str | Path, specs: dict[str, BotSpec], agents: dict[str, Any],
-                 stores_dir: str | Path, *, interval_s: float = 1.0,
-                 build: Callable[..., Any] | None = None) -> None:
+                 stores_dir: str | Path, *, personas_dir: str | Path | None = None, interval_s: float = 1.0,
+                 build: Callable[..., Any] | None = None,
+                 on_swap: Callable[[str, BotSpec, Any], None] | None = None) -> None:
         from bots.assemble import build_bot
 
         self.bots_dir = Path(bots_dir)
-        self.specs, self.agents, self.stores_dir = specs, agents, stores_dir
+        self.specs, self.agents, self.stores_dir, self.personas_dir = specs, agents, stores_dir, personas_dir
         self.interval_s = interval_s
         self.build = build or build_bot
+        self.on_swap = on_swap
         self.errors: dict[str, str] = {}  # the last refused edit per bot, until a good edit replaces it
         self.reloads = 0
         self._seen = {name: self._fingerprint(name) for name in self.agents}
@@ -65,7 +67,7 @@ class Reloader:
         spec = self.specs.get(name)
         if spec is None:
             return None
-        path = find_persona_file(resolve_persona(spec))
+        path = find_persona_file(resolve_persona(spec), self.personas_dir)
         return path if path.is_file() else None
 
     def _fingerprint(self, name: str) -> dict[str, str]:
@@ -94,14 +96,17 @@ class Reloader:
 
         try:
             spec = load_bot(self.bots_dir / name)
-            check_bot(spec)
-            fresh = self.build(spec, self.stores_dir, reuse=self.agents.get(name))
+            check_bot(spec, self.personas_dir)
+            running = (self.specs[name], self.agents[name]) if name in self.specs and name in self.agents else None
+            fresh = self.build(spec, self.stores_dir, personas_dir=self.personas_dir, reuse=running)
         except (BotError, ValueError, OSError, RuntimeError) as exc:  # PersonaError, SourceError are ValueErrors
             message = str(exc) if _has_location(str(exc)) else f"{self.bots_dir / name / BOT_FILE}:1: {exc}"
             self.errors[name] = message
             log.error("bot %s: edit refused, the previous version keeps serving:\n%s", name, message)
             return message
         self.specs[name], self.agents[name] = spec, fresh
+        if self.on_swap is not None:
+            self.on_swap(name, spec, fresh)
         self.errors.pop(name, None)
         self.reloads += 1
         log.info("bot %s: reloaded; new sessions use the new version", name)

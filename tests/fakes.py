@@ -16,6 +16,7 @@ from typing import Any
 from xdai.generation import GenerationSettings, Infill
 from xdai.history import History
 from xdai.prompt import Part, Prompt
+from xdai.responder import Responder
 from xdai.turn import Delta, Reply
 
 
@@ -64,7 +65,7 @@ class Call:
 
 
 @dataclass
-class ScriptedResponder:
+class ScriptedResponder(Responder):
     """A bot in memory: `replies` is a list (the n-th turn gets the n-th, the last repeats) or a function of the
     utterance. Each reply streams in `pieces`-character `Delta`s, `delay_s` apart, then one `Reply`. Setting the
     `cancel` event ends the turn with "cancelled"; with `fail_with` the turn fails after its first piece and ends
@@ -94,7 +95,8 @@ class ScriptedResponder:
         return self.replies[min(turn, len(self.replies) - 1)]
 
     async def respond(self, history: History, utterance: str, *, condition: str | None = None,
-                      cancel: asyncio.Event | None = None) -> AsyncIterator[Delta | Reply]:
+                      cancel: asyncio.Event | None = None, session: str | None = None,
+                      ) -> AsyncIterator[Delta | Reply]:
         text = self._reply(len(self.calls), utterance)
         self.calls.append(Call(utterance, condition, [(e.user, e.bot) for e in history.exchanges]))
         prompt = self.prompt(history, utterance, condition)

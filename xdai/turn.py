@@ -12,72 +12,60 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from knowledge.embed import shared_embedder
+from knowledge.fusion import FusionWeights
 from xdai.backends.base import Backend, GenerationSettings
 from xdai.backends.stream import TurnFilter
-from xdai.history import History, ScoredExchange, select_history_by_decayed_similarity, shared_embedder
+from xdai.history import History, ScoredExchange, select_history_by_decayed_similarity
 from xdai.prompt import Knowledge, Prompt, PromptBuilder, estimate_tokens
+from xdai.responder import BotEvent, Delta, Reply, Responder, TurnEvent
+
+__all__ = ["Agent", "BotEvent", "Delta", "NamedStore", "Reply", "Responder", "StoreNotFound", "TurnEvent",
+           "open_knowledge", "relevance_of"]
 
 if TYPE_CHECKING:
     from knowledge.embed import Embedder
-    from knowledge.store import Store
+    from knowledge.settings import KnowledgeSettings
+    from knowledge.source import KnowledgeSource
     from xdai.persona import Persona
 
 log = logging.getLogger(__name__)
 FREE_CONDITION_PREFIX = "text:"
 GROUNDING_WEIGHT = 5.0  # reranking: a fully grounded candidate gains what ~1.5 nats/char of likelihood would
-RETRIEVE_SLACK = 6
-NEAREST_QA_DEPTH = 32  # dense neighbours scanned for an exchange's nearest QA pair  # extra hits per query, so that both QA pairs and descriptions survive the kind split
-
-
-@dataclass
-class Delta:
-    """A piece of the reply as it streams."""
-
-    text: str
-
-
-@dataclass
-class Reply:
-    """The finished reply, with what it was grounded on and the prompt that produced it."""
-
-    text: str
-    finish_reason: str  # "stop" | "length" | "cancelled" | "error"
-    usage: dict[str, int]
-    grounding: list[dict[str, Any]]
-    prompt: Prompt
-    suggestions: list[str] = field(default_factory=list)
-    error: str | None = None
+RETRIEVE_SLACK = 6  # extra hits per query, so that both QA pairs and descriptions survive the kind split
+ES_PREFIX = "elasticsearch:"  # a knowledge name "elasticsearch:ALIAS" opens an ElasticStore ($XDAI_ES_URL)
 
 
 @dataclass
 class NamedStore:
-    """A store and the name it is shown under in explanations (its path, or "persona:<name>")."""
+    """A knowledge source and the name it is shown under in explanations (its path, or "persona:<name>")."""
 
     name: str
-    store: Any
+    store: KnowledgeSource
 
 
-class Agent:
+class Agent(Responder):
     """A persona with its knowledge and a backend; `respond` runs one turn."""
 
     def __init__(
         self,
         persona: Persona,
         *,
-        stores: Sequence[Store | NamedStore] = (),
+        stores: Sequence[KnowledgeSource | NamedStore] = (),
         backend: Backend | None,
         embedder: Embedder | None = None,
+        knowledge_settings: KnowledgeSettings | None = None,
     ) -> None:
         self.persona = persona
         self.backend = backend
         self.embedder = embedder if embedder is not None else shared_embedder("default")
+        self.knowledge_settings = knowledge_settings
         self.stores = [s if isinstance(s, NamedStore) else NamedStore(_store_name(s), s) for s in stores]
-        inline = _inline_store(persona, self.embedder)
+        inline = _inline_store(persona, self.embedder, knowledge_settings)
         if inline is not None:
             self.stores.append(inline)
         count = getattr(backend, "count_tokens", None)
@@ -94,22 +82,27 @@ class Agent:
         knowledge: list[str] | str | None = None,
         backend: str | None = "llama_cpp",
         model: str = "default",
+        personas_dir: str | Path | None = None,
+        stores_dir: str | Path | None = None,
+        knowledge_settings: KnowledgeSettings | None = None,
         **backend_options: Any,
     ) -> Agent:
-        """Load a persona by name or path, open its stores plus `knowledge`, and start a backend (None: no model)."""
+        """Load a persona by name (under `personas_dir`) or path, open its stores plus `knowledge` (names under
+        `stores_dir`), and start a backend (None: no model) with `backend_options` (n_ctx, base_url, ...)."""
         from xdai.persona import load_persona
 
-        loaded = load_persona(persona)
+        loaded = load_persona(persona, personas_dir)
         names = list(getattr(loaded.knowledge, "stores", []) or [])
         extra = [knowledge] if isinstance(knowledge, str) else list(knowledge or [])
-        stores = [open_store(n, persona=loaded) for n in names]
-        stores += [open_store(n) for n in extra]
+        opened = {"stores_dir": stores_dir, "settings": knowledge_settings}
+        stores = [open_knowledge(n, persona=loaded, **opened) for n in names]
+        stores += [open_knowledge(n, **opened) for n in extra]
         engine = None
         if backend:
             from xdai.backends import get_backend
 
             engine = get_backend(backend, model, **backend_options)
-        return cls(loaded, stores=stores, backend=engine)
+        return cls(loaded, stores=stores, backend=engine, knowledge_settings=knowledge_settings)
 
     def greeting(self) -> str:
         return self.persona.greeting()
@@ -174,8 +167,10 @@ class Agent:
         *,
         condition: str | None = None,
         cancel: asyncio.Event | None = None,
-    ) -> AsyncIterator[Delta | Reply]:
-        """Stream Delta pieces, then exactly one Reply. Setting `cancel` ends the turn with "cancelled"."""
+        session: str | None = None,
+    ) -> AsyncIterator[TurnEvent]:
+        """Stream Delta pieces, then exactly one Reply. Setting `cancel` ends the turn with "cancelled". An agent
+        keeps nothing per session: `session` is for flows (`xdai.flows.FlowAgent`)."""
         prompt = self.build_prompt(history, utterance, condition=condition)
         settings = self.generation_settings(prompt)
         usage = {"prompt_tokens": self.count_tokens(prompt.render().before), "completion_tokens": 0}
@@ -184,6 +179,7 @@ class Agent:
         filt = ReplyFilter(prompt.stop_sequences(), _safety(self.persona))
         finish, error = "stop", None
         reranked = self._rerank_count() > 1 or bool(self._gen("inverse_prompting", False))
+        pieces: Any = None
         try:
             if reranked:
                 pieces = self._reranked(prompt, settings, utterance)
@@ -197,6 +193,7 @@ class Agent:
                 if filt.stopped:
                     break
             else:
+                usage["completion_tokens"] = _generated_tokens(pieces, usage["completion_tokens"])
                 if cancel is not None and cancel.is_set():
                     finish = "cancelled"
                 elif usage["completion_tokens"] >= settings.max_tokens:
@@ -206,6 +203,7 @@ class Agent:
         except Exception as exc:  # a backend failure ends this turn, never the session
             log.exception("backend %s failed", getattr(self.backend, "name", "?"))
             finish, error = "error", f"{type(exc).__name__}: {exc}"
+        usage["completion_tokens"] = _generated_tokens(pieces, usage["completion_tokens"])
         tail = filt.flush()
         if tail:
             yield Delta(tail)
@@ -269,11 +267,9 @@ class Agent:
             return []
         out = []
         for named in self.stores:
-            tracker = getattr(getattr(named.store, "retriever", None), "tracker", None)
-            if tracker is not None:
-                query = tracker.resolve(utterance, context).query
-                if query != utterance and query not in out:
-                    out.append(query)
+            query = named.store.resolve(utterance, context).query
+            if query != utterance and query not in out:
+                out.append(query)
         return out
 
     def _retrieve(
@@ -281,17 +277,20 @@ class Agent:
     ) -> tuple[list[Knowledge], list[Knowledge], dict[int, Knowledge]]:
         """(QA pairs for the utterance, background descriptions, the best QA pair per selected exchange).
 
-        The utterance goes through each store's hybrid retrieval (dense + BM25 + dialogue context). A selected
-        exchange's QA pair is the QA item nearest to the exchange's cached embedding (cosine, the formula's own
-        similarity): no new embedding, memoised on the history, since an exchange never changes.
+        The utterance goes through each store's hybrid retrieval (dense + BM25 + dialogue context), its dense and
+        BM25 lists weighted as the persona says (``selection.dense_weight`` / ``bm25_weight``, multiplying the
+        store's own weights). A selected exchange's QA pair is the QA item nearest to the exchange's cached
+        embedding (cosine, the formula's own similarity): no new embedding, memoised on the history, since an
+        exchange never changes.
         """
         spec = self.persona.selection
         qa: list[Knowledge] = []
         background: list[Knowledge] = []
         if utterance.strip():
             depth = max(spec.top_k, 1) + spec.background_k + RETRIEVE_SLACK
+            weights = FusionWeights(dense=spec.dense_weight, bm25=spec.bm25_weight)
             for named in self.stores:
-                for hit in named.store.query(utterance, context=context, top_k=depth, kind=None):
+                for hit in named.store.query(utterance, context=context, top_k=depth, kind=None, weights=weights):
                     found = self._relevant(hit, named.name)
                     if found is not None:
                         (qa if found.kind == "qa" else background).append(found)
@@ -314,26 +313,16 @@ class Agent:
     def _nearest_qa(self, vector: Any, text: str, context: list[str]) -> Knowledge | None:
         """The QA item with the highest cosine to an exchange's `vector` over all stores, above the threshold.
 
-        When the store's entity tracker resolves what the exchange is about (named in it, or in the `context`
-        before it), only that entity's QA pairs qualify: "那它那里需要门票吗？" must not get another place's ticket price.
+        When a store resolves what the exchange is about (named in it, or in the `context` before it), only that
+        entity's QA pairs qualify: "那它那里需要门票吗？" must not get another place's ticket price.
         """
-        from knowledge.item import Hit
-
         best: Knowledge | None = None
-        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
         for named in self.stores:
-            index, items = getattr(named.store, "dense_index", None), getattr(named.store, "items", None)
-            if index is None or not items or index.d != query.shape[1]:
+            hit = named.store.nearest_qa(vector, text=text, context=context)
+            if hit is None or hit.score < self.persona.selection.qa_threshold:
                 continue
-            tracker = getattr(getattr(named.store, "retriever", None), "tracker", None)
-            entity = tracker.resolve(text, context).entity if tracker is not None else None
-            scores, ids = index.search(query, min(NEAREST_QA_DEPTH, index.ntotal))
-            for score, i in zip(scores[0], ids[0], strict=True):
-                if i < 0 or items[i].kind != "qa" or (entity and entity not in (items[i].entity, items[i].title)):
-                    continue
-                if float(score) >= self.persona.selection.qa_threshold and (best is None or score > best.score):
-                    best = Knowledge.from_hit(Hit(items[i], float(score)), store=named.name)
-                break
+            if best is None or hit.score > best.score:
+                best = Knowledge.from_hit(hit, store=named.name)
         return best
 
     def _relevant(self, hit: Any, store: str) -> Knowledge | None:
@@ -349,6 +338,7 @@ class Agent:
         return int(self._gen("rerank", 0) or 0)
 
     def _piece_tokens(self, piece: str) -> int:
+        """A piece from a backend that does not count its tokens (see `_generated_tokens`) counts as one."""
         return 1 if piece else 0
 
     async def _reranked(self, prompt: Prompt, settings: GenerationSettings, utterance: str) -> AsyncIterator[str]:
@@ -457,6 +447,13 @@ async def _until_cancelled(pieces: AsyncIterator[str], cancel: asyncio.Event | N
                 await close()
 
 
+def _generated_tokens(pieces: Any, counted: int) -> int:
+    """Completion tokens: the backend's own count where its stream keeps one (`xdai.backends.stream.TokenStream`),
+    else `counted`, the pieces seen."""
+    tokens = getattr(pieces, "tokens", None)
+    return tokens if isinstance(tokens, int) else counted
+
+
 def _safety(persona: Any) -> tuple[list[str], str]:
     spec = getattr(persona, "safety", None)
     if spec is None:
@@ -484,13 +481,19 @@ class StoreNotFound(FileNotFoundError):
     """A knowledge store named by a persona or on the command line does not exist."""
 
 
-def open_store(name: str, *, persona: Any = None) -> NamedStore:
-    """Open a store by path or by name (see `xdai.persona.resolve_store`); missing: StoreNotFound naming both."""
+def open_knowledge(name: str, *, persona: Any = None, stores_dir: str | Path | None = None,
+                   settings: KnowledgeSettings | None = None) -> NamedStore:
+    """Open a knowledge store by path or by name (under `stores_dir`, see `xdai.persona.resolve_store`), or an
+    Elasticsearch store as "elasticsearch:ALIAS"; missing: StoreNotFound naming both."""
     from knowledge.store import Store
     from xdai.persona import resolve_store
 
+    if name.startswith(ES_PREFIX):
+        from knowledge.elastic import ElasticStore
+
+        return NamedStore(name, ElasticStore.open(name[len(ES_PREFIX) :], settings=settings))
     persona_path = getattr(persona, "path", None)
-    path = resolve_store(name, persona_path)
+    path = resolve_store(name, persona_path, stores_dir)
     if path is None:
         owner = f"persona {persona_path or persona.name} names" if persona is not None else "--knowledge names"
         raise StoreNotFound(
@@ -503,10 +506,10 @@ def open_store(name: str, *, persona: Any = None) -> NamedStore:
         embedder = shared_embedder(manifest["embedder"]["name"])
     except (OSError, ValueError, KeyError, TypeError):
         pass  # Store.open reports what is wrong with the store
-    return NamedStore(str(path), Store.open(path, embedder=embedder))
+    return NamedStore(str(path), Store.open(path, embedder=embedder, settings=settings))
 
 
-def _inline_store(persona: Any, embedder: Any) -> NamedStore | None:
+def _inline_store(persona: Any, embedder: Any, settings: KnowledgeSettings | None) -> NamedStore | None:
     """The persona's inline background descriptions and QA pairs as an in-memory store."""
     spec = getattr(persona, "knowledge", None)
     if spec is None:
@@ -524,4 +527,4 @@ def _inline_store(persona: Any, embedder: Any) -> NamedStore | None:
                           source_file=source, source_record=f"knowledge.background[{i}]"))
     if not items:
         return None
-    return NamedStore(f"persona:{persona.name}", Store.from_items(items, embedder))
+    return NamedStore(f"persona:{persona.name}", Store.from_items(items, embedder, settings=settings))

@@ -3,7 +3,7 @@ another condition, and the page is told which post-response shaped the reply."""
 
 from __future__ import annotations
 
-from bots.flows import Flow, FlowContext
+from xdai.flows import Flow, FlowContext
 
 CONDITION = "angry"
 

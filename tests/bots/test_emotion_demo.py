@@ -18,7 +18,7 @@ async def test_badminton_exchange_is_conditioned_on_the_angry_post_response(serv
     history = demo.new_history()
     opened = demo.open_session("emotion-1", history)
     assert [e.data["items"] for e in opened if e.name == "suggestions"] == [[SEED]]
-    reply, events = await demo.turn(history, SEED)
+    reply, events = await demo.turn(history, SEED, session="emotion-1")
     condition = [e.data for e in events if e.name == "condition"][0]
     assert condition == {"name": "angry", "post_response": ANGRY, "exchange": [SEED, "[MASK]", ANGRY]}
     assert reply.prompt.render().after is not None and ANGRY in reply.prompt.render().after
@@ -26,6 +26,7 @@ async def test_badminton_exchange_is_conditioned_on_the_angry_post_response(serv
     assert any("羽毛球" in g["text"] for g in reply.grounding)
 
     # a condition the client names wins over the demo's default
-    prompt_events = [e async for e in demo.respond(history, "今天考试考砸了", condition="comforting")
+    prompt_events = [e async for e in demo.respond(history, "今天考试考砸了", condition="comforting",
+                                                     session="emotion-1")
                      if getattr(e, "name", "") == "condition"]
     assert prompt_events[0].data["name"] == "comforting"

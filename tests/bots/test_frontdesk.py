@@ -39,7 +39,7 @@ def test_threshold_separates_what_the_pack_knows(desk: Any) -> None:
 async def test_faq_answer_is_grounded_on_the_right_item(desk: Any) -> None:
     history = desk.new_history()
     desk.open_session("desk-1", history)
-    reply, events = await desk.turn(history, "请问早餐几点开始供应？")
+    reply, events = await desk.turn(history, "请问早餐几点开始供应？", session="desk-1")
     assert reply.finish_reason in ("stop", "length") and reply.text
     assert "handoff" not in [e.name for e in events]
     top = max(reply.grounding, key=lambda g: g["score"])  # the prompt orders them background first
@@ -52,13 +52,13 @@ async def test_unknown_question_gets_an_honest_answer_and_a_handoff_offer(desk: 
     module = sys.modules[type(desk.flow).__module__]
     history = desk.new_history()
     desk.open_session("desk-2", history)
-    reply, events = await desk.turn(history, "你们经理叫什么名字？")
+    reply, events = await desk.turn(history, "你们经理叫什么名字？", session="desk-2")
     assert reply.text == module.DONT_KNOW and reply.grounding == []
     offer = [e.data for e in events if e.name == "handoff"]
     assert offer and offer[0]["offer"] is True and offer[0]["actions"] == [{"label": "转人工", "send": "转人工"}]
-    assert history.flow_session.state["unknown"] == 1
+    assert desk.session("desk-2").state["unknown"] == 1
 
-    reply, events = await desk.turn(history, "转人工")
+    reply, events = await desk.turn(history, "转人工", session="desk-2")
     handoff = [e.data for e in events if e.name == "handoff"][0]
     assert handoff["accepted"] is True and handoff["contact"]["phone"] == "0571-8888 6666"
     assert handoff["transcript"] == [{"user": "你们经理叫什么名字？", "bot": module.DONT_KNOW}]

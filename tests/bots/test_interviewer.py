@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bots.flows import FlowEvent, ManualClock, describe_event
+from xdai.flows import FlowEvent, ManualClock, describe_event
 
 
 def names(events: list[FlowEvent]) -> list[str]:
@@ -37,22 +37,22 @@ async def test_interview_runs_through_its_phases_and_the_timer_ends_qa(interview
     assert named(opened, "phase") == [{"name": "greeting", "label": "自我介绍", "total": 2}]
     assert named(opened, "actions")[0]["items"] == [{"label": "结束面试", "send": "结束面试"}]
 
-    reply, events = await bot.turn(history, "我叫王磊，做了三年 Go 后端开发。")
+    reply, events = await bot.turn(history, "我叫王磊，做了三年 Go 后端开发。", session="interview-1")
     assert reply.text.endswith("第1个问题：请介绍一个你最有成就感的后端项目，你在里面负责什么？")
     assert named(events, "phase")[0]["name"] == "questions"
 
     answer = "我负责订单系统的缓存改造，用 Redis 把下单接口的延迟从两百毫秒降到了三十毫秒。"
-    reply, events = await bot.turn(history, answer)  # the model writes a follow-up on this answer
+    reply, events = await bot.turn(history, answer, session="interview-1")  # the model writes a follow-up on this answer
     assert named(events, "phase")[0]["name"] == "followup"
     assert reply.prompt.text.count(answer) >= 1  # the follow-up is generated from the candidate's answer
     assert "？" in reply.text or "?" in reply.text
-    state = history.flow_session.state
+    state = bot.session("interview-1").state
     assert state["answers"][0]["answer"] == answer and state["answers"][0]["follow_up"] == reply.text
 
-    reply, events = await bot.turn(history, "我们用延迟双删，再加上过期时间兜底。")
+    reply, events = await bot.turn(history, "我们用延迟双删，再加上过期时间兜底。", session="interview-1")
     assert "第2个问题：如果一条 SQL 查询很慢" in reply.text
-    await bot.turn(history, "先看慢查询日志和执行计划，再加索引。")  # answer 2 -> follow-up
-    reply, events = await bot.turn(history, "联合索引要注意最左前缀。")  # follow-up answered -> Q&A
+    await bot.turn(history, "先看慢查询日志和执行计划，再加索引。", session="interview-1")  # answer 2 -> follow-up
+    reply, events = await bot.turn(history, "联合索引要注意最左前缀。", session="interview-1")  # follow-up answered -> Q&A
     assert state["phase"] == "qa"
     timer = named(events, "timer")[0]
     assert timer["text"] == "答疑环节 剩余时间 04:00" and timer["running"] is True
@@ -62,15 +62,15 @@ async def test_interview_runs_through_its_phases_and_the_timer_ends_qa(interview
     assert "比如你可以问我以下问题..." in reply.text and reply.suggestions == suggestions["items"]
 
     bot.clock.advance(70)
-    reply, events = await bot.turn(history, "公司的上班时间是怎样的？")  # answered from the company pack
+    reply, events = await bot.turn(history, "公司的上班时间是怎样的？", session="interview-1")  # answered from the company pack
     assert any("弹性工作制" in g["text"] for g in reply.grounding), reply.grounding
     assert named(events, "timer")[0]["text"] == "答疑环节 剩余时间 02:50"
     assert "公司的上班时间是怎样的？" not in reply.suggestions and len(reply.suggestions) == 3
 
     bot.clock.advance(169)
-    assert bot.tick(history.flow_session) == []  # one second left: nothing fires
+    assert bot.tick(bot.session("interview-1")) == []  # one second left: nothing fires
     bot.clock.advance(1)
-    expired = bot.tick(history.flow_session)
+    expired = bot.tick(bot.session("interview-1"))
     assert names(expired) == ["timer", "phase", "summary", "session.end"]
     assert named(expired, "timer")[0]["running"] is False
     summary = named(expired, "summary")[0]
@@ -82,7 +82,7 @@ async def test_interview_runs_through_its_phases_and_the_timer_ends_qa(interview
     assert summary["transcript"][-1]["text"] == summary["closing"]
     assert all(describe_event(FlowEvent(n, d)) for n, d in [(e.name, e.data) for e in expired])
 
-    reply, events = await bot.turn(history, "还有一个问题")
+    reply, events = await bot.turn(history, "还有一个问题", session="interview-1")
     assert reply.text.startswith("本次面试已经结束了") and events == []
 
 
@@ -90,9 +90,9 @@ async def test_end_button_ends_the_interview_with_transcript_and_summary(intervi
     bot = interviewer
     history = bot.new_history()
     bot.open_session("interview-2", history)
-    await bot.turn(history, "你好，我是李雷，应届毕业生。")
+    await bot.turn(history, "你好，我是李雷，应届毕业生。", session="interview-2")
     bot.clock.advance(65)
-    reply, events = await bot.turn(history, "结束面试")
+    reply, events = await bot.turn(history, "结束面试", session="interview-2")
     assert "今天的面试就到这里" in reply.text
     assert names(events) == ["phase", "summary", "session.end"]
     summary = named(events, "summary")[0]
@@ -100,10 +100,10 @@ async def test_end_button_ends_the_interview_with_transcript_and_summary(intervi
     assert "面试用时01:05" in summary["summary"] and "回答了题库0/2个问题" in summary["summary"]
     assert "自我介绍：你好" in summary["summary"]
     assert [t["text"] for t in summary["transcript"]][-2:] == ["结束面试", reply.text]
-    assert history.flow_session.ended
+    assert bot.session("interview-2").ended
 
     # 再见 ends too, from any phase; a second session of the same bot is independent
     other = bot.new_history()
     bot.open_session("interview-3", other)
-    reply, events = await bot.turn(other, "再见")
-    assert "session.end" in names(events) and history.flow_session is not other.flow_session
+    reply, events = await bot.turn(other, "再见", session="interview-3")
+    assert "session.end" in names(events) and bot.session("interview-2") is not bot.session("interview-3")

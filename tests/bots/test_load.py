@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from bots.assemble import check_bot, resolve_persona
-from bots.flows import Flow, FlowError, load_flow
 from bots.registry import BotError, BotSpec, load_bot
 from knowledge.sources import Problems, read_sources
+from xdai.flows import Flow, FlowError, load_flow
 from xdai.persona import load_persona
 
 from .conftest import BOTS_DIR, SHIPPED
@@ -52,7 +52,7 @@ def _copy(name: str, tmp_path: Path) -> Path:
 
 def test_broken_flow_is_reported_with_file_and_line(tmp_path: Path) -> None:
     folder = _copy("emotion_demo", tmp_path)
-    (folder / "flow.py").write_text("from bots.flows import Flow\n\nclass Broken(Flow):\n    def before_turn(self):\n"
+    (folder / "flow.py").write_text("from xdai.flows import Flow\n\nclass Broken(Flow):\n    def before_turn(self):\n"
                                     "        pass\n", encoding="utf-8")
     with pytest.raises(BotError, match=r"flow\.py:4: before_turn must take \(ctx\)"):
         check_bot(load_bot(folder))

@@ -98,9 +98,11 @@ async def test_new_sessions_of_a_running_server_get_the_edit(tmp_path: Path, sto
     agents = {"student": build_bot(small(specs["student"]), stores_dir)}
     cfg = ServerConfig(host="127.0.0.1", port=0, bots=["student"], sqlite_path=str(tmp_path / "s.sqlite3"),
                        instance_id="reload-test")
-    server = XdaiServer(cfg, specs, agents, SQLiteSessionStore(cfg.sqlite_path))
+    server = XdaiServer(cfg, {name: spec.info() for name, spec in specs.items()}, agents,
+                        SQLiteSessionStore(cfg.sqlite_path))
     await server.start()
-    reloader = Reloader(bots_dir, server.bots, server.agents, stores_dir)
+    reloader = Reloader(bots_dir, specs, server.agents, stores_dir,
+                        on_swap=lambda name, spec, bot: server.bots.__setitem__(name, spec.info()))
     url = f"ws://127.0.0.1:{server.port}/ws"
 
     async def greeting() -> str:
@@ -125,17 +127,16 @@ async def test_new_sessions_of_a_running_server_get_the_edit(tmp_path: Path, sto
         await server.shutdown()
 
 
-def test_a_shared_persona_in_personas_dir_reloads_every_bot_using_it(tmp_path: Path, stores_dir: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_shared_persona_in_personas_dir_reloads_every_bot_using_it(tmp_path: Path, stores_dir: Path) -> None:
     personas = tmp_path / "personas"
     personas.mkdir()
     shutil.copy(BOTS_DIR.parent / "personas" / "wukong.yaml", personas / "wukong.yaml")
-    monkeypatch.setenv("XDAI_PATHS_PERSONAS_DIR", str(personas))  # `persona: wukong` now means this file
     bots_dir = tmp_path / "bots"
     copy_bot("wukong", bots_dir)
     specs = load_bots(bots_dir)
-    agents = {"wukong": build_bot(small(specs["wukong"]), stores_dir)}
-    reloader = Reloader(bots_dir, specs, agents, stores_dir)
+    # personas_dir as `xdai serve` passes paths.personas_dir: `persona: wukong` now means this file
+    agents = {"wukong": build_bot(small(specs["wukong"]), stores_dir, personas_dir=personas)}
+    reloader = Reloader(bots_dir, specs, agents, stores_dir, personas_dir=personas)
     assert personas / "wukong.yaml" in reloader.watched_files("wukong")
 
     edit(personas / "wukong.yaml", "first_mes: 嘿！", "first_mes: 呔！")

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from bots.flows import ManualClock
 from bots.registry import BotSpec
 from xdai.client import Client
 from xdai.config import ServerConfig
+from xdai.flows import ManualClock
 from xdai.service.protocol import validate_server_frame
 
 
@@ -26,7 +26,8 @@ async def start(tmp_path: Path, agents: dict[str, Any], specs: dict[str, BotSpec
 
     cfg = ServerConfig(host="127.0.0.1", port=0, bots=sorted(agents), sqlite_path=str(tmp_path / "s.sqlite3"),
                        rate_limit_per_s=50.0, rate_limit_burst=50.0, instance_id="bots-test", shutdown_grace_s=2.0)
-    server = XdaiServer(cfg, specs, agents, SQLiteSessionStore(cfg.sqlite_path))
+    server = XdaiServer(cfg, {name: spec.info() for name, spec in specs.items()}, agents,
+                        SQLiteSessionStore(cfg.sqlite_path))
     await server.start()
     return server
 

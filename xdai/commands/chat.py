@@ -10,6 +10,7 @@ import click
 
 from xdai.commands.prompt import read_history_jsonl, write_history_jsonl
 from xdai.history import History
+from xdai.responder import BotEvent, Responder
 
 HELP = "/explain: the last prompt, annotated · /condition NAME|text:...: condition the next reply · /reset · /quit"
 
@@ -27,6 +28,7 @@ def chat(bot_name: str | None, persona: str | None, knowledge: tuple[str, ...], 
          model: str | None, history_file: str | None, seed: int | None) -> None:
     """Chat with a persona in the terminal. The history is saved after every turn."""
     from xdai.config import load_config
+    from xdai.flows import FlowAgent
     from xdai.turn import Agent, Delta, Reply
 
     cfg = load_config()
@@ -39,14 +41,18 @@ def chat(bot_name: str | None, persona: str | None, knowledge: tuple[str, ...], 
             declared = load_bots(cfg.paths.bots_dir)
             if bot_name not in declared:
                 raise ValueError(f"no bot named {bot_name!r} in {cfg.paths.bots_dir} (declared: {', '.join(declared)})")
-            agent = build_bot(declared[bot_name], cfg.paths.stores_dir)
+            agent: Agent | FlowAgent = build_bot(declared[bot_name], cfg.paths.stores_dir,
+                                                 personas_dir=cfg.paths.personas_dir, config=cfg)
         else:
-            agent = Agent.from_names(persona, knowledge=list(knowledge), backend=backend or cfg.backend.name,
-                                     model=model or cfg.backend.model)
+            backend = backend or cfg.backend.name
+            agent = Agent.from_names(persona, knowledge=list(knowledge), backend=backend,
+                                     model=model or cfg.backend.model, personas_dir=cfg.paths.personas_dir,
+                                     stores_dir=cfg.paths.stores_dir, knowledge_settings=cfg.knowledge_settings(),
+                                     **cfg.backend_options(backend))
+        if seed is not None:
+            agent.persona.override_generation({"seed": seed}, "--seed")
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
-    if seed is not None:
-        agent.persona.generation = {**(agent.persona.generation or {}), "seed": seed}
     if history_file and Path(history_file).is_file():
         history = read_history_jsonl(history_file)
     else:
@@ -58,7 +64,7 @@ def chat(bot_name: str | None, persona: str | None, knowledge: tuple[str, ...], 
     click.secho(f"{agent.persona.name} · history saved to {save_to} · {HELP}", dim=True, err=True)
     if not history.exchanges:
         click.echo(f"{bot}{agent.greeting()}")
-    show_events(agent, history)
+    session = open_session(agent, history)
     last_prompt = None
     condition: str | None = None
     while True:
@@ -71,11 +77,12 @@ def chat(bot_name: str | None, persona: str | None, knowledge: tuple[str, ...], 
         if command in ("/quit", "/exit"):
             break
         if command == "/reset":
+            agent.close_session(session)
             history = agent.new_history()
             condition = None
             click.secho("(history cleared)", dim=True)
             click.echo(f"{bot}{agent.greeting()}")
-            show_events(agent, history)
+            session = open_session(agent, history)
             continue
         if command == "/explain":
             click.echo(last_prompt.explain() if last_prompt else "(no turn yet)")
@@ -92,23 +99,24 @@ def chat(bot_name: str | None, persona: str | None, knowledge: tuple[str, ...], 
             click.echo(HELP)
             continue
 
-        async def turn(past: History, text: str, cond: str | None) -> Reply | None:
+        async def turn(past: History, text: str, cond: str | None, session: str) -> Reply | None:
             click.echo(bot, nl=False)
             final = None
-            later: list = []
-            async for event in agent.respond(past, text, condition=cond):
-                if isinstance(event, Delta):
-                    click.echo(event.text, nl=False)
-                elif isinstance(event, Reply):
-                    final = event
-                elif getattr(event, "is_event", False):
-                    later.append(event)
+            later: list[BotEvent] = []
+            async for event in agent.respond(past, text, condition=cond, session=session):
+                match event:
+                    case Delta(text=piece):
+                        click.echo(piece, nl=False)
+                    case BotEvent():
+                        later.append(event)
+                    case Reply():
+                        final = event
             click.echo()
-            show_events(agent, past, later)
+            show_events(later)
             return final
 
         try:
-            reply = asyncio.run(turn(history, line, condition))
+            reply = asyncio.run(turn(history, line, condition, session))
         except (ValueError, KeyboardInterrupt) as exc:
             click.secho(f"(turn abandoned: {exc or 'interrupted'})", fg="red")
             continue
@@ -124,13 +132,17 @@ def chat(bot_name: str | None, persona: str | None, knowledge: tuple[str, ...], 
     click.secho(f"{len(history)} exchange(s) saved to {save_to}", dim=True, err=True)
 
 
-def show_events(agent: object, history: History, events: list | None = None) -> None:
-    """A bot flow's events (timer, suggestions, summary...) as dim lines; on a new history, open its session."""
-    from bots.flows import describe_event
+def open_session(agent: Responder, history: History) -> str:
+    """Start a session for `history` (a bot's flow runs its on_open there), show its first events; its id."""
+    session = f"chat-{id(history):x}"
+    show_events(agent.open_session(session, history))
+    return session
 
-    if events is None:
-        opener = getattr(agent, "open_session", None)
-        events = opener(f"chat-{id(history):x}", history) if opener is not None else []
+
+def show_events(events: list[BotEvent]) -> None:
+    """A bot flow's events (timer, suggestions, summary...) as dim lines."""
+    from xdai.flows import describe_event
+
     for event in events:
         line = describe_event(event)
         if line:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
+    from bots.registry import BotSpec
+    from xdai.config import Config
     from xdai.service.server import XdaiServer
 
 
@@ -50,7 +52,8 @@ def serve(config_path: str | None, host: str | None, port: int | None, bots: tup
     for name in names:
         started = time.monotonic()
         try:
-            agents[name] = build_bot(declared[name], cfg.paths.stores_dir)
+            agents[name] = build_bot(declared[name], cfg.paths.stores_dir, personas_dir=cfg.paths.personas_dir,
+                                     config=cfg)
         except (ValueError, FileNotFoundError, RuntimeError) as exc:
             raise click.ClickException(f"bot {name}: {exc}") from None
         click.echo(f"bot {name}: ready ({declared[name].backend}/{declared[name].model}, "
@@ -60,14 +63,27 @@ def serve(config_path: str | None, host: str | None, port: int | None, bots: tup
     # Generation threads run Python between tokens; a short GIL switch interval keeps the event loop (acks,
     # delta forwarding) responsive while they do. Throughput is bound by the model, not by switching.
     sys.setswitchinterval(0.001)
-    asyncio.run(_serve(XdaiServer(server_cfg, declared, agents, store), cfg.paths.bots_dir, cfg.paths.stores_dir))
+    served = {name: declared[name] for name in names}
+    server = XdaiServer(server_cfg, {name: spec.info() for name, spec in served.items()}, agents, store)
+    asyncio.run(_serve(server, served, cfg))
 
 
-async def _serve(server: XdaiServer, bots_dir: str, stores_dir: str) -> None:
+async def _serve(server: XdaiServer, specs: dict[str, BotSpec], config: Config) -> None:
+    """Run `server` until it stops, reloading edited bots (built with `config`, as at start)."""
+    from functools import partial
+
+    from bots.assemble import build_bot
     from bots.reload import Reloader
 
+    paths = config.paths
+
+    def swapped(name: str, spec: BotSpec, bot: object) -> None:
+        server.bots[name] = spec.info()
+
     port = await server.start()
-    reloader = asyncio.create_task(Reloader(bots_dir, server.bots, server.agents, stores_dir).run())
+    reloader = asyncio.create_task(Reloader(paths.bots_dir, specs, server.agents, paths.stores_dir,
+                                            personas_dir=paths.personas_dir, on_swap=swapped,
+                                            build=partial(build_bot, config=config)).run())
     cfg = server.cfg
     click.echo(f"serving http://{cfg.host}:{port}/ (WebSocket ws://{cfg.host}:{port}/ws; bots: "
                f"{', '.join(sorted(server.agents))}; sessions: {cfg.session_store})", err=True)

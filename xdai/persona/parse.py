@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
-from xdai.backends.base import GenerationSettings
+from xdai.generation import GenerationSettings
 from xdai.persona.schema import (
     QA,
     XDAI_EXTENSION,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from xdai.backends.base import GenerationSettings
+from xdai.generation import GenerationSettings
 
 XDAI_EXTENSION = "xdai"  # the key under data.extensions that carries XDAI fields in a card
 Speaker = Literal["user", "bot"]

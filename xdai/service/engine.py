@@ -1,8 +1,8 @@
 """Sessions and turns: the part of the service that knows what a frame means, but not how it travels.
 
 `GenerationPool` runs turns off the event loop: each worker thread owns an event loop of its own and drives
-`Agent.respond` there (retrieval, prompt assembly and the model all run in the worker), handing pieces back to the
-server's loop. In front of the workers sits a bounded queue; when it is full a new message is refused with
+a bot's `Responder.respond` there (retrieval, prompt assembly and the model all run in the worker), handing its
+typed turn stream (`Delta`, `BotEvent`, `Reply`) back to the server's loop. In front of the workers sits a bounded queue; when it is full a new message is refused with
 ``busy`` at once. `Hub` owns the live sessions: it orders every session frame with ``seq``, writes what must be
 durable before the frame that promises it, keeps one response in flight per session, makes message ids
 idempotent and replays the frame log to a resuming client.
@@ -20,20 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from xdai.responder import BotEvent, Delta, Reply, Responder, TurnEvent
 from xdai.service.metrics import Metrics
 from xdai.service.protocol import ProtocolError, server_frame
 from xdai.service.sessions import SEQ_WINDOW, SessionRecord, SessionStore, exchanges
 
 log = logging.getLogger(__name__)
-
-
-class Responder(Protocol):
-    """What the service needs from a bot: `xdai.turn.Agent` is one."""
-
-    def greeting(self) -> str: ...
-    def new_history(self) -> Any: ...
-    def respond(self, history: Any, utterance: str, *, condition: str | None = None,
-                cancel: asyncio.Event | None = None) -> Any: ...
 
 
 class Sink(Protocol):
@@ -49,8 +41,9 @@ class Job:
     """One turn for a worker. `cancel` may be called from any thread, before or while it runs."""
 
     def __init__(self, agent: Responder, history: Any, utterance: str, condition: str | None,
-                 emit: Callable[[Any, float], None]) -> None:
+                 emit: Callable[[TurnEvent | BaseException, float], None], *, session: str | None = None) -> None:
         self.agent, self.history, self.utterance, self.condition, self.emit = agent, history, utterance, condition, emit
+        self.session = session
         self._lock = threading.Lock()
         self._cancelled = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -63,14 +56,15 @@ class Job:
                 self._loop.call_soon_threadsafe(self._event.set)
 
     async def run(self) -> None:
-        """On a worker's loop: stream the agent's events to `emit` (Delta..., then one Reply or the exception)."""
+        """On a worker's loop: stream the turn to `emit` (Deltas and BotEvents, then one Reply or the exception)."""
         event = asyncio.Event()
         with self._lock:
             self._loop, self._event = asyncio.get_running_loop(), event
             if self._cancelled:
                 event.set()
         try:
-            async for item in self.agent.respond(self.history, self.utterance, condition=self.condition, cancel=event):
+            async for item in self.agent.respond(self.history, self.utterance, condition=self.condition, cancel=event,
+                                                 session=self.session):
                 self.emit(item, time.perf_counter())
         except Exception as exc:  # a failure before the agent could answer still ends the turn, never the server
             log.exception("turn failed")
@@ -261,9 +255,8 @@ class Hub:
                 unlogged = [f for f in s.pending if f["seq"] > resume_from_seq and f["seq"] not in seqs]
                 for frame in sorted(logged + unlogged, key=lambda f: f["seq"]):
                     sink.push(frame)
-        opener = getattr(s.agent, "open_session", None)  # a bot with a flow (bots/flows.py): hooks, timers, events
-        if opener is not None:
-            opener(s.id, s.history, lambda name, data: self.emit_event(s, name, data), resumed=resumed)
+        # a bot with a flow (xdai.flows) runs its on_open hook and timers here; its events come back as frames
+        s.agent.open_session(s.id, s.history, lambda name, data: self.emit_event(s, name, data), resumed=resumed)
         return s
 
     def emit_event(self, s: LiveSession, name: str, data: Any) -> None:
@@ -311,9 +304,7 @@ class Hub:
         now = time.monotonic()
         stale = [sid for sid, s in self.sessions.items() if s.sink is None and s.turn is None and now - s.touched > idle_s]
         for sid in stale:
-            closer = getattr(self.sessions.pop(sid).agent, "close_session", None)
-            if closer is not None:
-                closer(sid)
+            self.sessions.pop(sid).agent.close_session(sid)
         return len(stale)
 
     # -- one message -----------------------------------------------------------------------------------------
@@ -331,10 +322,9 @@ class Hub:
             raise ProtocolError("message_too_long", f"text has {len(text)} characters; the limit is "
                                 f"{self.max_message_chars}", reply_to=msg_id, field="text")
         condition = frame.get("condition")
-        check = getattr(s.agent, "condition_text", None)
-        if condition is not None and check is not None:
+        if condition is not None:
             try:
-                check(condition)
+                s.agent.condition_text(condition)
             except ValueError as exc:
                 raise ProtocolError("invalid_frame", str(exc), reply_to=msg_id, field="condition") from None
         if s.turn is not None:
@@ -374,39 +364,30 @@ class Hub:
 
     async def _run_turn(self, s: LiveSession, turn: Turn, condition: str | None) -> None:
         loop = asyncio.get_running_loop()
-        items: asyncio.Queue[tuple[Any, float]] = asyncio.Queue()
+        items: asyncio.Queue[tuple[TurnEvent | BaseException, float]] = asyncio.Queue()
         turn.job = Job(s.agent, s.history, turn.text, condition,
-                       lambda item, t0: loop.call_soon_threadsafe(items.put_nowait, (item, t0)))
+                       lambda item, t0: loop.call_soon_threadsafe(items.put_nowait, (item, t0)), session=s.id)
         first: float | None = None
         try:
             self.pool.submit(turn.job)
             while True:
                 item, t0 = await items.get()
-                if getattr(item, "is_event", False):  # a flow's event during the turn, logged with the reply
-                    async with s.lock:
-                        if s.next_seq > s.seq_reserved:
-                            s.seq_reserved = s.next_seq + SEQ_WINDOW
-                            await self.db(self.store.reserve_seq, s.id, s.seq_reserved)
-                        frame = self._frame(s, "event", name=item.name, data=item.data)
-                        s.pending.append(frame)
-                        self._send(s, frame, t0)
-                    continue
-                if isinstance(item, BaseException):  # the turn failed before the agent could answer
-                    await self._finish(s, turn, None, item, first)
-                    return
-                if hasattr(item, "finish_reason"):  # the Reply: the turn is over
-                    await self._finish(s, turn, item, None, first)
-                    return
-                if first is None:
-                    first = time.perf_counter()
-                    self.metrics.ttft.observe(first - turn.received)
-                async with s.lock:
-                    if s.next_seq > s.seq_reserved:
-                        s.seq_reserved = s.next_seq + SEQ_WINDOW
-                        await self.db(self.store.reserve_seq, s.id, s.seq_reserved)
-                    delta = self._frame(s, "response.delta", response_id=turn.response_id, text=item.text)
-                    s.pending.append(delta)
-                    self._send(s, delta, t0)
+                match item:
+                    case Reply():  # the turn is over
+                        await self._finish(s, turn, item, None, first)
+                        return
+                    case BaseException():  # the turn failed before the agent could answer
+                        await self._finish(s, turn, None, item, first)
+                        return
+                    case BotEvent(name=name, data=data):  # a flow's event during the turn, logged with the reply
+                        await self._stream(s, t0, "event", name=name, data=data)
+                    case Delta(text=text):
+                        if first is None:
+                            first = time.perf_counter()
+                            self.metrics.ttft.observe(first - turn.received)
+                        await self._stream(s, t0, "response.delta", response_id=turn.response_id, text=text)
+                    case _:
+                        raise TypeError(f"a responder's turn yields Delta, BotEvent or Reply, not {type(item).__name__}")
         except Exception as exc:
             log.exception("turn %s failed", turn.response_id)
             await self._finish(s, turn, None, exc, first)
@@ -416,7 +397,18 @@ class Hub:
                 s.turn = None
             turn.done.set()
 
-    async def _finish(self, s: LiveSession, turn: Turn, reply: Any, exc: BaseException | None,
+    async def _stream(self, s: LiveSession, t0: float, kind: str, **fields: Any) -> None:
+        """Send a frame of the reply in flight. It is stored with the reply when the reply ends (`pending`), so its
+        seq is reserved in the store first, a window at a time: a crash never reuses a seq a client has seen."""
+        async with s.lock:
+            if s.next_seq > s.seq_reserved:
+                s.seq_reserved = s.next_seq + SEQ_WINDOW
+                await self.db(self.store.reserve_seq, s.id, s.seq_reserved)
+            frame = self._frame(s, kind, **fields)
+            s.pending.append(frame)
+            self._send(s, frame, t0)
+
+    async def _finish(self, s: LiveSession, turn: Turn, reply: Reply | None, exc: BaseException | None,
                       first: float | None) -> None:
         """Write the reply and its frames, then send ``response.end`` (and an ``error`` when it failed)."""
         if turn.finished:
@@ -424,9 +416,9 @@ class Hub:
         turn.finished = True
         now = time.perf_counter()
         if reply is not None:
-            reason, error = reply.finish_reason, getattr(reply, "error", None)
+            reason, error = reply.finish_reason, reply.error
             text, usage, grounding = reply.text, dict(reply.usage), list(reply.grounding)
-            suggestions = list(getattr(reply, "suggestions", []) or [])
+            suggestions = list(reply.suggestions)
         else:
             error = f"{type(exc).__name__}: {exc}" if exc is not None else None
             reason, text, usage, grounding, suggestions = "error", "", {}, [], []

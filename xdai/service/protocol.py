@@ -7,9 +7,11 @@ frame against it on the way out. docs/protocol.md is the prose version.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -104,6 +106,22 @@ def parse_client_frame(data: str | bytes) -> dict[str, Any]:
             problem.reply_to = frame["id"]
         raise problem
     return frame
+
+
+@dataclass(frozen=True)
+class BotInfo:
+    """What the service shows about a hosted bot (``GET /bots``): no paths, no backend options (they may hold
+    secrets). The server takes these plain descriptions; whoever declares bots (``bots/``) builds them."""
+
+    name: str
+    persona: str = ""
+    description: str = ""
+    backend: str = ""
+    model: str = ""
+    flow: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def server_frame(kind: str, session_id: str | None, seq: int | None, **fields: Any) -> dict[str, Any]:

@@ -25,15 +25,16 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from bots.registry import BotSpec
 from xdai.config import ServerConfig
-from xdai.service.engine import GenerationPool, Hub, LiveSession, Responder
+from xdai.responder import Responder
+from xdai.service.engine import GenerationPool, Hub, LiveSession
 from xdai.service.metrics import Metrics
 from xdai.service.protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY,
     CLOSE_TAKEN_OVER,
     CLOSE_TRY_AGAIN_LATER,
+    BotInfo,
     ProtocolError,
     encode,
     parse_client_frame,
@@ -107,9 +108,12 @@ class Connection:
 
 
 class XdaiServer:
-    """Hosts bots over one WebSocket endpoint. `start` binds; `run` serves until SIGINT/SIGTERM."""
+    """Hosts bots over one WebSocket endpoint. `start` binds; `run` serves until SIGINT/SIGTERM.
 
-    def __init__(self, cfg: ServerConfig, bots: dict[str, BotSpec], agents: dict[str, Responder],
+    `agents` are the running bots by name, in served order (the page opens the first); `bots` describes them for
+    ``/bots``. Both are plain tables that a reloader may swap entries of while serving."""
+
+    def __init__(self, cfg: ServerConfig, bots: dict[str, BotInfo], agents: dict[str, Responder],
                  store: SessionStore) -> None:
         self.cfg, self.bots = cfg, bots
         self.metrics = Metrics()
@@ -204,7 +208,7 @@ class XdaiServer:
         if path == "/metrics":
             return _response(HTTPStatus.OK, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
         if path == "/bots":
-            listed = [self.bots[name].to_json() if name in self.bots else {"name": name} for name in self.agents]  # served order: the default bot first
+            listed = [(self.bots.get(name) or BotInfo(name)).to_json() for name in self.agents]  # served order
             return _response(HTTPStatus.OK, json.dumps(listed, ensure_ascii=False), "application/json")
         if path in ("/", "/index.html"):
             return _static("index.html")

@@ -106,7 +106,7 @@ async def start_server(tmp_path: Path, agents: dict[str, Any], specs: dict[str, 
 
     cfg = server_config(tmp_path, **overrides)
     store = store if store is not None else SQLiteSessionStore(cfg.sqlite_path)
-    server = XdaiServer(cfg, specs, agents, store)
+    server = XdaiServer(cfg, {name: spec.info() for name, spec in specs.items()}, agents, store)
     await server.start()
     return Running(server)
 

@@ -1,7 +1,9 @@
 """Bot flows: the small hook interface a bot's ``flow.py`` implements, and `FlowAgent`, which runs it around a turn.
 
 A flow is what makes a bot more than a persona: phases, timers, scripted lines, hand-offs. It never speaks the wire
-protocol; it *emits events* (name + JSON data) and the service turns them into protocol ``event`` frames. Hooks:
+protocol; it *emits events* (`BotEvent`: name + JSON data) and the service turns them into protocol ``event``
+frames. The bots themselves (their data and ``flow.py`` files) live in ``bots/``; this module is the machinery.
+Hooks:
 
     on_open(ctx)            a new session starts (emit the first phase, the buttons the page should show)
     before_turn(ctx)        a user message arrived: set ctx.condition, answer with ctx.say(text), or let the model
@@ -10,8 +12,9 @@ protocol; it *emits events* (name + JSON data) and the service turns them into p
     on_end(ctx)             the session ended (ctx.end(reason)): emit the transcript and summary
 
 Every hook is optional and receives one `FlowContext`. Hooks of one session never run at the same time; the
-session's state (``ctx.state``, a dict) lives in memory for the life of the server process. Timers run on a
-`Clock`, which tests replace by a `ManualClock` to advance time without waiting.
+session's state (``ctx.state``, a dict) lives in memory for the life of the server process, keyed by the session
+id that `open_session` and `respond` are given. Timers run on a clock (`SystemClock`), which tests replace by a
+`ManualClock` to advance time without waiting.
 """
 
 from __future__ import annotations
@@ -26,17 +29,20 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from xdai.responder import BotEvent, Delta, EventSink, Reply, Responder, TurnEvent
 
 if TYPE_CHECKING:
-    from bots.registry import BotSpec
+    from xdai.backends.base import Backend
     from xdai.history import History
-    from xdai.prompt import Knowledge
-    from xdai.turn import Agent, Reply
+    from xdai.persona import Persona
+    from xdai.prompt import Knowledge, PromptBuilder
+    from xdai.turn import Agent
 
 log = logging.getLogger(__name__)
 HOOKS = ("on_open", "before_turn", "after_turn", "on_timer", "on_end")
@@ -49,6 +55,10 @@ class FlowError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------------ clocks
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+
 class SystemClock:
     """Monotonic seconds: what a served bot's timers run on."""
 
@@ -70,13 +80,7 @@ class ManualClock:
 
 
 # ------------------------------------------------------------------------------------------------------ events
-@dataclass
-class FlowEvent:
-    """An event for the client: the service sends it as a protocol ``event`` frame ``{name, data}``."""
-
-    name: str
-    data: Any
-    is_event: bool = field(default=True, repr=False)  # how the service tells an event from a reply delta
+FlowEvent = BotEvent  # what a flow emits: the turn stream's BotEvent
 
 
 def clock_text(seconds: float) -> str:
@@ -102,7 +106,7 @@ class FlowSession:
     timers: dict[str, Timer] = field(default_factory=dict)
     ended: bool = False
     end_reason: str = ""
-    emit: Callable[[str, Any], None] | None = None  # the service's sink for events outside a turn
+    emit: EventSink | None = None  # the service's sink for events outside a turn
     lock: threading.RLock = field(default_factory=threading.RLock)
     touched: float = field(default_factory=time.monotonic)
     ticker: asyncio.Task[None] | None = None
@@ -120,7 +124,7 @@ class FlowContext:
         self.reply: Reply | None = None  # after_turn: the finished reply
         self.scripted: str | None = None
         self.suggestions: list[str] | None = None
-        self.events: list[FlowEvent] = []
+        self.events: list[BotEvent] = []
 
     # -- state --------------------------------------------------------------------------------------------------
     @property
@@ -142,7 +146,7 @@ class FlowContext:
     # -- speaking -----------------------------------------------------------------------------------------------
     def emit(self, name: str, data: Any = None) -> None:
         """Send an event to the client (after this hook returns, in order)."""
-        self.events.append(FlowEvent(name, {} if data is None else data))
+        self.events.append(BotEvent(name, {} if data is None else data))
 
     def say(self, text: str) -> None:
         """before_turn: answer with `text` instead of asking the model."""
@@ -299,19 +303,26 @@ def load_flow(spec_flow: str, bot_dir: str | Path) -> Flow:
 
 
 # ------------------------------------------------------------------------------------------------- flow agent
-class FlowAgent:
-    """An `xdai.turn.Agent` with a flow around each turn. It is a `Responder` for the service (greeting,
-    new_history, respond, condition_text) and also opens sessions so that hooks can run outside turns."""
+class FlowAgent(Responder):
+    """An `xdai.turn.Agent` with a flow around each turn: a `Responder` whose sessions run the flow's hooks (when
+    a session opens, around each turn, when a timer runs out). The wrapped agent is `.agent`."""
 
-    def __init__(self, agent: Agent, flow: Flow, *, name: str = "", clock: Any = None) -> None:
+    def __init__(self, agent: Agent, flow: Flow, *, name: str = "", clock: Clock | None = None) -> None:
         self.agent, self.flow, self.name = agent, flow, name
-        self.clock = clock or SystemClock()
-        self.sessions: dict[str, FlowSession] = {}
+        self.clock: Clock = clock or SystemClock()
+        self.sessions: dict[str, FlowSession] = {}  # by session id
 
-    def __getattr__(self, key: str) -> Any:  # persona, builder, backend, stores... are the agent's
-        if key == "agent":
-            raise AttributeError(key)
-        return getattr(self.agent, key)
+    @property
+    def persona(self) -> Persona:
+        return self.agent.persona
+
+    @property
+    def builder(self) -> PromptBuilder:
+        return self.agent.builder
+
+    @property
+    def backend(self) -> Backend | None:
+        return self.agent.backend
 
     # -- the Responder face -------------------------------------------------------------------------------------
     def greeting(self) -> str:
@@ -335,34 +346,33 @@ class FlowAgent:
         return found[:k]
 
     # -- sessions -----------------------------------------------------------------------------------------------
-    def session_for(self, history: History, session_id: str | None = None) -> FlowSession:
-        """The flow session attached to `history` (a terminal chat gets one on its first turn)."""
-        session = getattr(history, "flow_session", None)
-        if session is None:
-            session = FlowSession(session_id or uuid.uuid4().hex)
-            history.flow_session = session  # type: ignore[attr-defined]
-        return session
+    def session(self, session_id: str | None) -> FlowSession:
+        """The flow state of `session_id`; one never opened (a turn before `open_session`) starts empty, without
+        on_open. A flow keeps state per session, so a turn must say which: ValueError for None."""
+        if session_id is None:
+            raise ValueError(f"bot {self.name or '?'} runs a flow: pass session= (the id given to open_session)")
+        found = self.sessions.get(session_id)
+        if found is None:
+            found = self.sessions[session_id] = FlowSession(session_id)
+        return found
 
-    def open_session(self, session_id: str, history: History, emit: Callable[[str, Any], None] | None = None,
-                     *, resumed: bool = False) -> list[FlowEvent]:
-        """Attach the flow state of `session_id` to `history` (its memory survives the service reloading the
-        history), run ``on_open`` for a new one, and on a running event loop start the timer task. Returns the
-        events on_open emitted; they are also sent through `emit` when given."""
-        session = self.sessions.get(session_id)
-        fresh = session is None
-        if session is None:
-            session = self.sessions[session_id] = FlowSession(session_id)
-        history.flow_session = session  # type: ignore[attr-defined]
+    def open_session(self, session_id: str, history: History, emit: EventSink | None = None, *,
+                     resumed: bool = False) -> list[BotEvent]:
+        """Start the flow state of `session_id` (kept across the service reloading the session's history), run
+        ``on_open`` for a new one, and on a running event loop start the timer task. Returns the events on_open
+        emitted (for a session already open: its running timers); they are also sent through `emit` when given."""
+        fresh = session_id not in self.sessions
+        session = self.session(session_id)
         session.emit = emit
         session.touched = time.monotonic()
-        events: list[FlowEvent] = []
+        events: list[BotEvent] = []
         if fresh:
             with session.lock:
                 ctx = FlowContext(self, session, history=history)
                 self.call(self.flow, "on_open", ctx)
                 events = ctx.events
         else:  # a reconnecting page needs the current timer again
-            events = [FlowEvent("timer", self.timer_data(session, name)) for name in session.timers]
+            events = [BotEvent("timer", self.timer_data(session, name)) for name in session.timers]
         if emit is not None:
             for event in events:
                 emit(event.name, event.data)
@@ -378,7 +388,7 @@ class FlowAgent:
         if session is not None and session.ticker is not None:
             session.ticker.cancel()
 
-    def tick(self, session: FlowSession, *, wait: bool = True) -> list[FlowEvent]:
+    def tick(self, session: FlowSession, *, wait: bool = True) -> list[BotEvent]:
         """Fire every due timer of `session` (on_timer), returning the events the hooks emitted. With
         ``wait=False`` (the server's timer task) a session whose hook is running in a turn is left for the next
         tick instead of blocking the event loop."""
@@ -423,15 +433,13 @@ class FlowAgent:
 
     # -- one turn -----------------------------------------------------------------------------------------------
     async def respond(self, history: History, utterance: str, *, condition: str | None = None,
-                      cancel: asyncio.Event | None = None) -> AsyncIterator[Any]:
+                      cancel: asyncio.Event | None = None, session: str | None = None) -> AsyncIterator[TurnEvent]:
         """The agent's stream (Delta..., Reply) with the flow's events before the Reply: before_turn may answer
         itself (``ctx.say``) or set the condition; after_turn sees the reply."""
-        from xdai.turn import Delta, Reply
-
-        session = self.session_for(history)
-        session.touched = time.monotonic()
-        ctx = FlowContext(self, session, history=history, utterance=utterance, condition=condition)
-        with session.lock:
+        state = self.session(session)
+        state.touched = time.monotonic()
+        ctx = FlowContext(self, state, history=history, utterance=utterance, condition=condition)
+        with state.lock:
             self._fire_due(ctx)
             self.call(self.flow, "before_turn", ctx)
         for event in ctx.events:
@@ -453,7 +461,7 @@ class FlowAgent:
         ctx.reply = reply
         if ctx.suggestions is not None:  # before_turn's suggestions stand unless after_turn changes them
             reply.suggestions = list(ctx.suggestions)
-        with session.lock:
+        with state.lock:
             self.call(self.flow, "after_turn", ctx)
         if ctx.suggestions is not None:
             reply.suggestions = list(ctx.suggestions)
@@ -461,16 +469,14 @@ class FlowAgent:
             yield event
         yield reply
 
-    async def turn(self, history: History, utterance: str, *, condition: str | None = None
-                   ) -> tuple[Reply, list[FlowEvent]]:
-        """One whole turn (tests, evaluation): the Reply and the events emitted during it. Appends the exchange
-        to `history` when the reply completed, as the service and the terminal chat do."""
-        from xdai.turn import Reply
-
-        events: list[FlowEvent] = []
+    async def turn(self, history: History, utterance: str, *, session: str, condition: str | None = None
+                   ) -> tuple[Reply, list[BotEvent]]:
+        """One whole turn of `session` (tests, evaluation): the Reply and the events emitted during it. Appends
+        the exchange to `history` when the reply completed, as the service and the terminal chat do."""
+        events: list[BotEvent] = []
         reply = None
-        async for item in self.respond(history, utterance, condition=condition):
-            if isinstance(item, FlowEvent):
+        async for item in self.respond(history, utterance, condition=condition, session=session):
+            if isinstance(item, BotEvent):
                 events.append(item)
             elif isinstance(item, Reply):
                 reply = item
@@ -480,14 +486,7 @@ class FlowAgent:
         return reply, events
 
 
-def wrap_flow(spec: BotSpec, agent: Agent) -> Agent | FlowAgent:
-    """`agent` as it should be served for `spec`: wrapped in its flow when the bot declares one."""
-    if not spec.flow:
-        return agent
-    return FlowAgent(agent, load_flow(spec.flow, spec.path), name=spec.name)
-
-
-def describe_event(event: FlowEvent) -> str | None:
+def describe_event(event: BotEvent) -> str | None:
     """One line for a terminal (``xdai chat --bot``): what the page would show for this event, or None."""
     data = event.data if isinstance(event.data, dict) else {}
     if event.name == "timer":
