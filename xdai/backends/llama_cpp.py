@@ -13,7 +13,7 @@ import logging
 import os
 import random
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 # llama.cpp's CPU backend is OpenMP. Busy-waiting threads turn a shared machine's decode from ~10 tok/s into
@@ -26,8 +26,7 @@ import numpy as np  # noqa: E402
 from xdai.backends.base import GenerationSettings, Infill  # noqa: E402
 from xdai.backends.models import resolve_model  # noqa: E402
 from xdai.backends.scoring import continuation_start, token_logprob  # noqa: E402
-from xdai.backends.stream import Emit, pump, stream_in_thread  # noqa: E402
-from xdai.config import load_config  # noqa: E402
+from xdai.backends.stream import Emit, TokenStream, pump, stream_in_thread  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +70,18 @@ class LlamaCppBackend:
         self,
         model: str = "default",
         *,
-        n_ctx: int | None = None,
-        threads: int | None = None,
+        n_ctx: int | None = 4096,
+        threads: int | None = 0,
         n_batch: int = 512,
+        cache_dir: str | Path | None = None,
     ):
-        cfg = load_config().backend
+        """`n_ctx` the context window; `threads` 0 or None: all cores; `cache_dir`: where the bundled model is
+        assembled (None: ~/.cache/xdai). The configuration's ``backend`` section supplies them
+        (`xdai.config.Config.backend_options`)."""
         self.model = model
-        self.model_path = resolve_model(model)
-        self.n_ctx = n_ctx or cfg.n_ctx
-        self.threads = threads or cfg.threads or all_cores()
+        self.model_path = resolve_model(model, cache_dir)
+        self.n_ctx = n_ctx or 4096
+        self.threads = threads or all_cores()
         self.n_batch = n_batch
         self.llm, self._lock = load_llama(self.model_path, self.n_ctx, self.threads, n_batch)
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
@@ -105,11 +107,15 @@ class LlamaCppBackend:
 
     # -- generation ------------------------------------------------------------------------------------------
 
-    def fill(self, infill: Infill, settings: GenerationSettings) -> AsyncIterator[str]:
-        """Stream the continuation of `infill.before`, trimmed to the bot's turn."""
-        return stream_in_thread(lambda emit, cancel: self._generate(infill.before, settings, emit, cancel))
+    def fill(self, infill: Infill, settings: GenerationSettings) -> TokenStream:
+        """Stream the continuation of `infill.before`, trimmed to the bot's turn; `.tokens` counts what the model
+        generated for it."""
+        stream = TokenStream()
+        return stream.of(stream_in_thread(lambda emit, cancel: self._generate(infill.before, settings, emit, cancel,
+                                                                              stream)))
 
-    def _generate(self, prompt: str, settings: GenerationSettings, emit: Emit, cancel: threading.Event) -> None:
+    def _generate(self, prompt: str, settings: GenerationSettings, emit: Emit, cancel: threading.Event,
+                  counter: TokenStream) -> None:
         tokens = self._fit(self.tokenize(prompt) or [self._separator()], room=settings.max_tokens)
         with self._lock:
             if not self._prefill(tokens, cancel):
@@ -124,7 +130,7 @@ class LlamaCppBackend:
                 typical_p=1.0,
                 repeat_penalty=settings.repetition_penalty,
             )
-            pump(self._texts(tokens_out, settings.max_tokens), settings.stop, emit, cancel)
+            pump(self._texts(tokens_out, settings.max_tokens, counter), settings.stop, emit, cancel)
 
     def _prefill(self, tokens: list[int], cancel: threading.Event) -> bool:
         """Evaluate the prompt in slices, checking `cancel` between them, so that a long prompt can be abandoned;
@@ -147,13 +153,15 @@ class LlamaCppBackend:
         llm.n_tokens = keep
         return keep
 
-    def _texts(self, tokens_out: Iterator[int], max_tokens: int) -> Iterator[str]:
-        """Decode generated tokens to text pieces; UTF-8 sequences split across tokens are held until whole."""
+    def _texts(self, tokens_out: Iterator[int], max_tokens: int, counter: TokenStream) -> Iterator[str]:
+        """Decode generated tokens to text pieces; UTF-8 sequences split across tokens are held until whole.
+        Each generated token (not the end-of-generation one) is counted into `counter.tokens`."""
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         try:
             for n, token in enumerate(tokens_out, start=1):
                 if llama_cpp.llama_vocab_is_eog(self._vocab, token):
                     break
+                counter.tokens = n
                 text = decoder.decode(self.llm.detokenize([token]))
                 if text:
                     yield text

@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from xdai.config import load_config
+from xdai.config import PathsConfig
 
 DEFAULT_MODEL = "qwen2.5-0.5b"
 
@@ -48,7 +48,9 @@ SMOLLM2_VERSION = "0.1.2"
 
 
 def resolve_model(name: str = "default", cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Turn a model name into a local GGUF path: "default"/"qwen2.5-0.5b", "smollm2", or a path to a .gguf."""
+    """Turn a model name into a local GGUF path: "default"/"qwen2.5-0.5b", "smollm2", or a path to a .gguf.
+
+    The bundled default is assembled under `cache_dir` (None: the default ``paths.cache_dir``, ~/.cache/xdai)."""
     key = name.strip().lower()
     if key in ("default", DEFAULT_MODEL):
         return assemble(QWEN_05B, cache_dir)
@@ -68,7 +70,7 @@ def resolve_model(name: str = "default", cache_dir: str | os.PathLike[str] | Non
 
 def assemble(spec: SplitGGUF, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Concatenate the parts into `cache_dir/models/`, verify the hash, and reuse the result afterwards."""
-    models_dir = Path(cache_dir or load_config().paths.cache_dir).expanduser() / "models"
+    models_dir = Path(cache_dir or PathsConfig.cache_dir).expanduser() / "models"
     target = models_dir / spec.filename
     stamp = target.with_name(target.name + ".verified")
     if target.is_file() and _stamp_matches(stamp, target, spec.sha256):

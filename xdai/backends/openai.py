@@ -2,7 +2,9 @@
 
 The path for models that outgrow one machine. Generation uses the legacy `/v1/completions` endpoint by default,
 because only raw completion continues our prompt honestly; `endpoint="chat"` is there for chat-only servers.
-Tokens arrive as server-sent events. `score` asks the server to echo the prompt with log-probabilities.
+Tokens arrive as server-sent events. `score` asks the server to echo the prompt with log-probabilities. A stream
+counts the tokens it received (`TokenStream.tokens`): the server's own count when it reports usage, else one per
+event that carries text.
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ from typing import Any
 import httpx
 
 from xdai.backends.base import GenerationSettings, Infill
-from xdai.backends.stream import TurnFilter
-from xdai.config import load_config
+from xdai.backends.stream import TokenStream, TurnFilter
 
 CHAT_INSTRUCTION = (
     "Continue the dialogue transcript below. Write only the next line's text for the speaker whose tag ends "
@@ -43,8 +44,9 @@ class OpenAIBackend:
         vendor_params: bool = True,
         timeout: float = 120.0,
     ):
-        cfg = load_config().backend
-        base = (base_url or cfg.base_url or os.environ.get("OPENAI_BASE_URL", "")).rstrip("/")
+        """`base_url`/`api_key`: the server and its key (the configuration's ``backend`` section supplies them; else
+        $OPENAI_BASE_URL / $OPENAI_API_KEY, the OpenAI clients' own convention)."""
+        base = (base_url or os.environ.get("OPENAI_BASE_URL", "")).rstrip("/")
         if not base:
             raise ValueError("the openai backend needs a server: set backend.base_url (e.g. http://127.0.0.1:8000/v1)")
         if endpoint not in ("completions", "chat"):
@@ -53,7 +55,7 @@ class OpenAIBackend:
         self.endpoint = endpoint
         self.vendor_params = vendor_params  # top_k and repetition_penalty: vLLM and SGLang accept them
         self.timeout = timeout
-        key = api_key or cfg.api_key or os.environ.get("OPENAI_API_KEY", "")
+        key = api_key or os.environ.get("OPENAI_API_KEY", "")
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._model = None if model in ("", "default") else model
 
@@ -82,7 +84,8 @@ class OpenAIBackend:
             body["seed"] = settings.seed
         if self.vendor_params:
             top_k = settings.top_k if settings.top_k > 0 else -1  # vLLM's spelling of "no top-k"
-            body.update(top_k=top_k, repetition_penalty=settings.repetition_penalty)
+            body.update(top_k=top_k, repetition_penalty=settings.repetition_penalty,
+                        stream_options={"include_usage": True})  # a last event with the server's token count
         if self.endpoint == "chat":
             body["messages"] = [
                 {"role": "system", "content": CHAT_INSTRUCTION},
@@ -92,8 +95,13 @@ class OpenAIBackend:
         body["prompt"] = infill.before
         return "/completions", body
 
-    async def fill(self, infill: Infill, settings: GenerationSettings) -> AsyncIterator[str]:
-        """Stream the server's continuation, trimmed to the bot's turn. Closing the iterator closes the stream."""
+    def fill(self, infill: Infill, settings: GenerationSettings) -> TokenStream:
+        """Stream the server's continuation, trimmed to the bot's turn. Closing the iterator closes the stream;
+        `.tokens` counts the tokens received."""
+        stream = TokenStream()
+        return stream.of(self._stream(infill, settings, stream))
+
+    async def _stream(self, infill: Infill, settings: GenerationSettings, counter: TokenStream) -> AsyncIterator[str]:
         path, body = self._payload(infill, settings)
         url = self.base_url + path
         turn = TurnFilter(settings.stop)
@@ -103,10 +111,17 @@ class OpenAIBackend:
                     if response.status_code != 200:
                         detail = (await response.aread()).decode("utf-8", "replace")[:300]
                         raise BackendError(f"{url}: HTTP {response.status_code}: {detail}")
+                    reported = False
                     async for line in response.aiter_lines():
-                        piece = _sse_piece(line, url)
-                        if piece is None:
+                        event = _sse_event(line, url)
+                        if event is None:
                             break
+                        usage = event.get("usage") or {}
+                        if usage.get("completion_tokens") is not None:
+                            counter.tokens, reported = int(usage["completion_tokens"]), True
+                        piece = _event_text(event)
+                        if piece and not reported:
+                            counter.tokens += 1
                         shown = turn.feed(piece)
                         if shown:
                             yield shown
@@ -154,10 +169,10 @@ class OpenAIBackend:
         return response.json()
 
 
-def _sse_piece(line: str, url: str) -> str | None:
-    """The text in one server-sent-event line ("" for keep-alives and other fields); None at [DONE]."""
+def _sse_event(line: str, url: str) -> dict[str, Any] | None:
+    """The event in one server-sent-event line ({} for keep-alives and other fields); None at [DONE]."""
     if not line.startswith("data:"):
-        return ""
+        return {}
     data = line[5:].strip()
     if data == "[DONE]":
         return None
@@ -167,6 +182,11 @@ def _sse_piece(line: str, url: str) -> str | None:
         raise BackendError(f"{url}: malformed event {data[:200]!r}") from None
     if "error" in event:
         raise BackendError(f"{url}: server error {str(event['error'])[:300]}")
+    return event
+
+
+def _event_text(event: dict[str, Any]) -> str:
+    """The text an event carries ("" for role-only deltas and the closing usage event)."""
     choices = event.get("choices") or [{}]
     choice = choices[0]
     return choice.get("text") or (choice.get("delta") or {}).get("content") or ""

@@ -94,6 +94,34 @@ def pump(pieces: Iterator[str], stop: Sequence[str], emit: Emit, cancel: threadi
             close()
 
 
+class TokenStream:
+    """A backend's stream of text pieces that also counts the tokens the model generated for them: `tokens`.
+
+    A piece is not a token (the turn filter merges pieces and holds text back; a server event may carry several
+    tokens), so usage is counted where the tokens are known. `tokens` is final once the stream has ended."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self._pieces: AsyncIterator[str] | None = None
+
+    def of(self, pieces: AsyncIterator[str]) -> TokenStream:
+        """Stream `pieces`, whose producer counts into this object's `tokens`."""
+        self._pieces = pieces
+        return self
+
+    def __aiter__(self) -> TokenStream:
+        return self
+
+    async def __anext__(self) -> str:
+        assert self._pieces is not None, "TokenStream.of(pieces) first"
+        return await self._pieces.__anext__()
+
+    async def aclose(self) -> None:
+        close = getattr(self._pieces, "aclose", None)
+        if close is not None:
+            await close()
+
+
 _END = object()
 
 

@@ -46,6 +46,30 @@ async def test_greedy_decoding_matches_an_independent_argmax_decode(smollm2, ref
     assert reply == expected
 
 
+async def test_a_stream_counts_the_tokens_generated_not_the_pieces(smollm2, reference, dialogue, collect):
+    """Usage is counted in tokens: the stream's count equals an independent argmax decode's tokens up to where the
+    turn ends (the end-of-generation token, the line break that ends the bot's turn, or max_tokens)."""
+    for max_tokens in (3, 40):
+        greedy = GenerationSettings(temperature=0.0, repetition_penalty=1.0, max_tokens=max_tokens, stop=[])
+        stream = smollm2.fill(Infill(dialogue), greedy)
+        pieces = await collect(stream)
+        vocab = llama_cpp.llama_model_get_vocab(reference.model)
+        reference.reset()
+        reference.eval(reference.tokenize(dialogue.encode(), add_bos=True, special=False))
+        expected, text = 0, ""
+        while expected < max_tokens:
+            token = int(np.argmax(reference.scores[reference.n_tokens - 1]))
+            if llama_cpp.llama_vocab_is_eog(vocab, token):
+                break
+            expected += 1
+            text += reference.detokenize([token]).decode("utf-8", "replace")
+            if "\n" in text.lstrip():
+                break
+            reference.eval([token])
+        assert stream.tokens == expected and pieces
+    assert expected < 40  # the long case ended at the turn's end, before max_tokens
+
+
 async def test_stopping_early_cancels_generation_promptly(smollm2):
     long = GenerationSettings(temperature=1.0, max_tokens=1000, seed=1, stop=[])
     stream = smollm2.fill(Infill("Write a very long story about a dragon.\nStory:"), long)

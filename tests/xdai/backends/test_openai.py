@@ -81,6 +81,7 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 chunks = self.server.llm.create_chat_completion(body["messages"], **params)
             try:
+                generated = ""
                 for chunk in chunks:
                     choice = chunk["choices"][0]
                     text = choice.get("text") or choice.get("delta", {}).get("content") or ""
@@ -88,6 +89,12 @@ class Handler(BaseHTTPRequestHandler):
                     self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
                     self.wfile.flush()
                     record["tokens"] += 1 if text else 0
+                    generated += text
+                if (body.get("stream_options") or {}).get("include_usage"):  # as OpenAI: a last event, no choices
+                    n = len(self.server.llm.tokenize(generated.encode(), add_bos=False, special=True))
+                    record["reported"] = n
+                    usage = {"object": "text_completion", "choices": [], "usage": {"completion_tokens": n}}
+                    self.wfile.write(f"data: {json.dumps(usage)}\n\n".encode())
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
             except (BrokenPipeError, ConnectionResetError):
@@ -154,6 +161,18 @@ async def test_chat_endpoint_streams_a_reply(server, collect):
 @pytest.mark.parametrize("context, continuation", [(PROMPT, " I am a helpful assistant."), ("Hello wor", "ld, how are you?")])
 def test_score_from_echoed_logprobs_matches_the_local_backend(remote, smollm2, context, continuation):
     assert remote.score(context, continuation) == pytest.approx(smollm2.score(context, continuation), abs=1e-3)
+
+
+async def test_a_stream_counts_tokens_as_the_server_reports_them_else_one_per_event(server, collect):
+    short = GenerationSettings(temperature=0.0, repetition_penalty=1.0, max_tokens=6, stop=[])
+    reporting = get_backend("openai", "default", base_url=server.url)  # vendor params ask for the usage event
+    stream = reporting.fill(Infill(PROMPT), short)
+    assert "".join(await collect(stream))
+    assert stream.tokens == server.streams[-1]["reported"] > 0
+    plain = get_backend("openai", "default", base_url=server.url, vendor_params=False)
+    stream = plain.fill(Infill(PROMPT), short)
+    assert "".join(await collect(stream))
+    assert "reported" not in server.streams[-1] and stream.tokens == server.streams[-1]["tokens"] > 0
 
 
 async def test_closing_the_stream_makes_the_server_stop(remote, server):
