@@ -16,8 +16,7 @@ from typing import Any
 from xdai.generation import GenerationSettings, Infill
 from xdai.history import History
 from xdai.prompt import Part, Prompt
-from xdai.responder import Responder
-from xdai.turn import Delta, Reply
+from xdai.responder import BotEvent, Delta, Reply, Responder, TurnEvent
 
 
 class ScriptedBackend:
@@ -62,20 +61,23 @@ class Call:
     utterance: str
     condition: str | None
     history: list[tuple[str, str]]  # the exchanges before this turn
+    session: str | None = None
 
 
 @dataclass
 class ScriptedResponder(Responder):
     """A bot in memory: `replies` is a list (the n-th turn gets the n-th, the last repeats) or a function of the
-    utterance. Each reply streams in `pieces`-character `Delta`s, `delay_s` apart, then one `Reply`. Setting the
-    `cancel` event ends the turn with "cancelled"; with `fail_with` the turn fails after its first piece and ends
-    with finish_reason "error" and the exception's text, as the Agent reports a backend failure."""
+    utterance. Each turn streams `events` (`BotEvent`s, as a flow emits them), then the reply in `pieces`-character
+    `Delta`s `delay_s` apart, then one `Reply`. Setting the `cancel` event ends the turn with "cancelled"; with
+    `fail_with` the turn fails after its first piece and ends with finish_reason "error" and the exception's text,
+    as the Agent reports a backend failure."""
 
     replies: Sequence[str] | Callable[[str], str] = ("好的。",)
     greeting_text: str = "你好！"
     pieces: int = 1
     delay_s: float = 0.0
     grounding: list[dict[str, Any]] = field(default_factory=list)
+    events: list[BotEvent] = field(default_factory=list)
     fail_with: Exception | None = None
     bot_speaker: str = "小呆"
     user_speaker: str = "用户"
@@ -96,22 +98,24 @@ class ScriptedResponder(Responder):
 
     async def respond(self, history: History, utterance: str, *, condition: str | None = None,
                       cancel: asyncio.Event | None = None, session: str | None = None,
-                      ) -> AsyncIterator[Delta | Reply]:
+                      ) -> AsyncIterator[TurnEvent]:
         text = self._reply(len(self.calls), utterance)
-        self.calls.append(Call(utterance, condition, [(e.user, e.bot) for e in history.exchanges]))
+        self.calls.append(Call(utterance, condition, [(e.user, e.bot) for e in history.exchanges], session))
         prompt = self.prompt(history, utterance, condition)
+        for event in self.events:
+            yield event
         sent, finish, error = "", "stop", None
         for chunk in _chunks(text, self.pieces):
             if cancel is not None and cancel.is_set():
                 finish = "cancelled"
                 break
-            if self.fail_with is not None and sent:
-                finish, error = "error", f"{type(self.fail_with).__name__}: {self.fail_with}"
-                break
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
             sent += chunk
             yield Delta(chunk)
+            if self.fail_with is not None:
+                finish, error = "error", f"{type(self.fail_with).__name__}: {self.fail_with}"
+                break
         usage = {"prompt_tokens": len(prompt.text), "completion_tokens": len(sent)}
         yield Reply(text=sent.strip(), finish_reason=finish, usage=usage, grounding=list(self.grounding),
                     prompt=prompt, error=error)

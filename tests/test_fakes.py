@@ -10,7 +10,7 @@ from tests.fakes import ScriptedBackend, ScriptedResponder
 from xdai.backends.base import Backend
 from xdai.generation import GenerationSettings, Infill
 from xdai.history import History
-from xdai.turn import Delta, Reply
+from xdai.responder import BotEvent, Delta, Reply, Responder
 
 
 async def pieces(backend: ScriptedBackend, infill: Infill, settings: GenerationSettings) -> list[str]:
@@ -48,7 +48,7 @@ def test_scripted_backend_scores_from_its_table() -> None:
 
 async def test_scripted_responder_streams_deltas_then_one_reply() -> None:
     bot = ScriptedResponder(["你好呀！", "再见。"], pieces=2, grounding=[{"source_id": "k1"}])
-    assert bot.greeting() == "你好！"
+    assert isinstance(bot, Responder) and bot.greeting() == "你好！"
     history = bot.new_history()
     assert isinstance(history, History) and len(history) == 0
     events = await turn(bot, history, "嗨", condition="text:友好")
@@ -61,6 +61,7 @@ async def test_scripted_responder_streams_deltas_then_one_reply() -> None:
     *_, second = await turn(bot, history, "走了")
     assert second.text == "再见。"
     assert [(c.utterance, c.history) for c in bot.calls] == [("嗨", []), ("走了", [("嗨", "你好呀！")])]
+    assert bot.calls[0].condition == "text:友好" and bot.calls[1].condition is None
     assert "用户：嗨\n小呆：你好呀！" in second.prompt.text
 
 
@@ -78,6 +79,15 @@ async def test_scripted_responder_cancel_and_failure() -> None:
     *deltas, reply = await turn(ScriptedResponder(["坏了"], fail_with=RuntimeError("boom")), History(), "嗨")
     assert [d.text for d in deltas] == ["坏"]
     assert reply.finish_reason == "error" and reply.error == "RuntimeError: boom" and reply.text == "坏"
+    *deltas, reply = await turn(ScriptedResponder(["坏"], pieces=5, fail_with=RuntimeError("boom")), History(), "嗨")
+    assert [d.text for d in deltas] == ["坏"] and reply.finish_reason == "error"  # a one-piece reply fails too
+
+
+async def test_scripted_responder_streams_its_events_before_the_reply_and_names_the_session() -> None:
+    bot = ScriptedResponder(["好"], events=[BotEvent("phase", {"name": "qa"})])
+    events = await turn(bot, History(), "嗨", session="s-1")
+    assert events[0] == BotEvent("phase", {"name": "qa"})
+    assert [type(e) for e in events[1:]] == [Delta, Reply] and bot.calls[0].session == "s-1"
 
 
 async def test_scripted_responder_runs_in_the_services_generation_job() -> None:
@@ -86,6 +96,6 @@ async def test_scripted_responder_runs_in_the_services_generation_job() -> None:
 
     bot = ScriptedResponder(["好的"], delay_s=0.001)
     seen: list[object] = []
-    await Job(bot, bot.new_history(), "嗨", None, lambda item, _t0: seen.append(item)).run()
+    await Job(bot, bot.new_history(), "嗨", None, lambda item, _t0: seen.append(item), session="s-9").run()
     assert [type(x) for x in seen] == [Delta, Delta, Reply]
-    assert seen[-1].text == "好的"
+    assert seen[-1].text == "好的" and bot.calls[0].session == "s-9"
