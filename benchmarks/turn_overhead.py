@@ -24,9 +24,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from knowledge.bm25 import BM25Index, default_tokenizer_spec
+from knowledge.embed import shared_embedder
 from knowledge.item import Item
 from knowledge.store import Store, build_dense_index
-from xdai.history import History, shared_embedder
+from xdai.history import History
 from xdai.persona import load_persona
 from xdai.turn import Agent, NamedStore
 

@@ -12,15 +12,13 @@ has bound an embedder, `append` embeds the finished exchange between turns, and 
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from knowledge.embed import Embedder, get_embedder
+from knowledge.embed import Embedder
 
 
 @dataclass
@@ -123,7 +121,7 @@ class History:
 
         The call holds the utterance, the exchanges not cached yet (normally only the one appended since the
         previous turn) and `also`: texts the turn will need next (the retrievers' entity-expanded queries), so a
-        `CachingEmbedder` serves them without a second call.
+        `knowledge.embed.CachingEmbedder` serves them without a second call.
         """
         if self._embedder_name != embedder.name:
             self._vectors.clear()
@@ -162,52 +160,3 @@ class History:
                 raise ValueError(f"{where}: row {number}: 'user' and 'bot' must be strings")
             history.append(user, bot)
         return history
-
-
-class CachingEmbedder:
-    """An embedder with a small LRU of recent texts, shared by history selection and the stores' retrievers.
-
-    A turn embeds its utterance for selection and the stores embed it again to retrieve; with both behind one
-    `CachingEmbedder` the model runs once per text. Vectors are identical to the wrapped embedder's.
-    """
-
-    def __init__(self, inner: Embedder, capacity: int = 4096) -> None:
-        self.inner, self.capacity = inner, capacity
-        self.name, self.dim = inner.name, inner.dim
-        self._lru: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def encode(self, texts: list[str], *, batch_size: int = 64, progress: bool = False, role: str = "passage") -> np.ndarray:
-        texts = list(texts)
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        missing: dict[str, list[int]] = {}
-        with self._lock:
-            for i, text in enumerate(texts):
-                hit = self._lru.get((role, text))
-                if hit is None:
-                    missing.setdefault(text, []).append(i)
-                else:
-                    self._lru.move_to_end((role, text))
-                    out[i] = hit
-        if missing:
-            fresh = self.inner.encode(list(missing), batch_size=batch_size, progress=progress, role=role)
-            with self._lock:
-                for (text, rows), vector in zip(missing.items(), fresh, strict=True):
-                    out[rows] = vector
-                    self._lru[(role, text)] = vector
-                while len(self._lru) > self.capacity:
-                    self._lru.popitem(last=False)
-        return out
-
-
-_SHARED: dict[str, CachingEmbedder] = {}
-_SHARED_LOCK = threading.Lock()
-
-
-def shared_embedder(name: str = "default") -> CachingEmbedder:
-    """The process-wide caching wrapper of `knowledge.embed.get_embedder(name)`."""
-    inner = get_embedder(name)
-    with _SHARED_LOCK:
-        if inner.name not in _SHARED:
-            _SHARED[inner.name] = CachingEmbedder(inner)
-        return _SHARED[inner.name]

@@ -37,6 +37,7 @@ def kdconv(path: str, knowledge: tuple[str, ...], no_knowledge: bool, no_selecti
     """
     from tqdm.auto import tqdm
 
+    from xdai.config import ConfigError, load_config
     from xdai.eval.kdconv import KdConvError, load_turns, replay, to_json
     from xdai.eval.report import metrics_table, render_html
     from xdai.turn import Agent
@@ -53,10 +54,13 @@ def kdconv(path: str, knowledge: tuple[str, ...], no_knowledge: bool, no_selecti
     if not turns:
         raise click.ClickException(f"{path}: no bot turn with gold 'attrs' to generate")
     try:
-        agent = Agent.from_names(persona, knowledge=list(knowledge), backend=backend, model=model)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        cfg = load_config()
+        agent = Agent.from_names(persona, knowledge=list(knowledge), backend=backend, model=model,
+                                 personas_dir=cfg.paths.personas_dir, stores_dir=cfg.paths.stores_dir,
+                                 knowledge_settings=cfg.knowledge_settings(), **cfg.backend_options(backend))
+        agent.persona.override_generation({"seed": seed, "max_tokens": max_tokens}, "xdai eval kdconv")
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
-    agent.persona.generation = {**(agent.persona.generation or {}), "seed": seed, "max_tokens": max_tokens}
     started = time.perf_counter()
     with tqdm(total=len(turns) * len(configs), desc="kdconv", unit="turn", file=sys.stderr) as bar:
         results = replay(agent, turns, configs, progress=lambda name: (bar.set_postfix_str(name), bar.update()))

@@ -52,12 +52,14 @@ def prompt(utterance: str, persona: str | None, knowledge: tuple[str, ...], hist
     from xdai.config import load_config
     from xdai.turn import Agent
 
-    persona = persona or load_config().persona
     history = read_history_jsonl(history_file) if history_file else History()
     try:
-        agent = Agent.from_names(persona, knowledge=list(knowledge), backend=None)
+        cfg = load_config()
+        agent = Agent.from_names(persona or cfg.persona, knowledge=list(knowledge), backend=None,
+                                 personas_dir=cfg.paths.personas_dir, stores_dir=cfg.paths.stores_dir,
+                                 knowledge_settings=cfg.knowledge_settings())
         built = agent.build_prompt(history, utterance, condition=condition)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # ConfigError, PersonaError, StoreError
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(built.to_json(), ensure_ascii=False, indent=2))

@@ -12,7 +12,7 @@ GU_QA = {"q": "谷爱凌是谁？", "a": "谷爱凌，2003年出生于美国加�
 
 @pytest.fixture(scope="session")
 def embedder():
-    from xdai.history import shared_embedder
+    from knowledge.embed import shared_embedder
 
     return shared_embedder("default")
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xdai.history import CachingEmbedder, History, select_history_by_decayed_similarity
+from knowledge.embed import CachingEmbedder
+from xdai.history import History, select_history_by_decayed_similarity
 
 
 def test_scores_match_hand_computation():

@@ -9,11 +9,11 @@ import re
 import pytest
 from click.testing import CliRunner
 
+from knowledge.embed import CachingEmbedder
 from knowledge.store import Store
 from xdai.cli import main
-from xdai.history import CachingEmbedder
 from xdai.persona import load_persona
-from xdai.turn import Agent, Delta, NamedStore, Reply, StoreNotFound, open_store
+from xdai.turn import Agent, Delta, NamedStore, Reply, StoreNotFound, open_knowledge
 
 ROBO = """\
 name: Robo
@@ -173,9 +173,9 @@ def test_injection_from_a_real_store_and_one_encode_per_turn(gu_store, embedder)
     assert why["store"] == str(gu_store) and why["source_file"].endswith("gu.jsonl") and why["score"] >= 0.45
 
 
-def test_open_store_names_what_is_missing():
+def test_open_knowledge_names_what_is_missing():
     with pytest.raises(StoreNotFound, match="--knowledge names knowledge store 'nowhere/store'"):
-        open_store("nowhere/store")
+        open_knowledge("nowhere/store")
 
 
 SEED = 0
@@ -187,7 +187,7 @@ def test_done_when_the_default_bot_answers_grounded(gu_store, qwen):
     persona = load_persona("xiaodai")
     # the persona's own sampling settings, made reproducible, with its per-persona reranking of 3 samples
     persona.generation.update({"seed": SEED, "rerank": 3})
-    agent = Agent(persona, stores=[open_store(str(gu_store))], backend=qwen)
+    agent = Agent(persona, stores=[open_knowledge(str(gu_store))], backend=qwen)
     reply = run(agent, agent.new_history(), "谷爱凌好厉害呀")[-1]
     assert reply.finish_reason == "stop", reply.error
     facts = re.findall("2003|旧金山|加利福尼亚|自由式滑雪|滑雪运动员|运动员|美国", reply.text)
