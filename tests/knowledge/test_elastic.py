@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from knowledge.elastic import ElasticStore, choose_analyzer, index_body
-from knowledge.store import StoreError
+from knowledge.source import KnowledgeSource
+from knowledge.store import Store, StoreError
 
 DATA = Path(__file__).parent / "data"
 ES_URL = os.environ.get("XDAI_ES_URL")
@@ -85,3 +86,27 @@ def test_failed_build_leaves_the_alias_in_place(alias, embedder, settings, tmp_p
         ElasticStore.build([bad], alias, url=ES_URL, embedder=embedder, progress=False, settings=settings)
     store = ElasticStore.open(alias, url=ES_URL, settings=settings)
     assert store.manifest["index"] == before and store.stats()["items"] == 3
+
+
+@needs_es
+@pytest.mark.es
+def test_an_elastic_store_serves_a_turn_as_a_store_does(alias, embedder, settings, tmp_path):
+    """The `KnowledgeSource` protocol on both: the same nearest QA pair by cosine, dense scores as cosines (not
+    Elasticsearch's (1 + cos) / 2), the entity resolved from the dialogue."""
+    sources = [DATA / "qa.jsonl", DATA / "kb.json"]
+    ElasticStore.build(sources, alias, url=ES_URL, embedder=embedder, progress=False, settings=settings)
+    es = ElasticStore.open(alias, url=ES_URL, settings=settings)
+    Store.build(sources, tmp_path / "kb", embedder=embedder, progress=False, settings=settings)
+    local = Store.open(tmp_path / "kb", settings=settings)
+    assert isinstance(es, KnowledgeSource) and isinstance(local, KnowledgeSource)
+    vec = embedder.encode(["门票多少钱？"], role="query")[0]
+    for text, context in [("", None), ("那它的门票多少钱？", ["你知道天坛吗？"])]:
+        a, b = es.nearest_qa(vec, text=text, context=context), local.nearest_qa(vec, text=text, context=context)
+        assert a.item.id == b.item.id and a.score == pytest.approx(b.score, abs=1e-3)
+    assert es.nearest_qa(vec, text="那它的门票多少钱？", context=["你知道天坛吗？"]).item.entity == "天坛"
+    assert es.resolve("那它的门票多少钱？", ["你知道天坛吗？"]).entity == "天坛"
+    cosine = {h.item.id: h.why["dense_score"] for h in local.query("天坛的门票多少钱？", top_k=50)}
+    for hit in es.query("天坛的门票多少钱？", top_k=3):
+        if hit.why["dense_score"] is not None:
+            assert hit.why["dense_score"] == pytest.approx(cosine[hit.item.id], abs=1e-3)
+    assert len(es.query("天坛的门票多少钱？")) == settings.top_k

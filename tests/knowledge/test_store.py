@@ -12,10 +12,13 @@ import textwrap
 from pathlib import Path
 
 import faiss
+import numpy as np
 import pytest
 
 from knowledge import store as store_module
+from knowledge.fusion import FusionWeights
 from knowledge.item import Item
+from knowledge.source import KnowledgeSource
 from knowledge.sources import SourceError
 from knowledge.store import Store, StoreError
 
@@ -77,6 +80,29 @@ def test_query_batch_matches_single_queries(built):
     batch = store.query_batch(queries, top_k=4)
     single = [store.query(q["query"], context=q.get("context"), top_k=4) for q in queries]
     assert [[h.item.id for h in hits] for hits in batch] == [[h.item.id for h in hits] for hits in single]
+
+
+def test_a_store_is_a_knowledge_source(built, embedder):
+    """What a turn asks of a store: entity resolution, the QA pair nearest to a vector, per-query weights."""
+    store, _ = built
+    assert isinstance(store, KnowledgeSource)
+    res = store.resolve("那它的门票是怎么收费的？", ["你去过景山公园吗？", "去过，在故宫北面。"])
+    assert res.entity == "景山公园" and res.source == "context" and "景山公园" in res.query
+
+    vec = embedder.encode(["门票多少钱？"], role="query")[0]
+    qa = [it for it in store.items if it.kind == "qa"]
+    cosines = embedder.encode([it.search_text for it in qa]) @ vec  # passages, as the store embedded them
+    hit = store.nearest_qa(vec)  # no entity in play: the nearest QA pair of all, by cosine
+    assert hit.item.id == qa[int(np.argmax(cosines))].id
+    assert hit.score == pytest.approx(float(cosines.max()), abs=1e-4) == hit.why["dense_score"]
+    about = store.nearest_qa(vec, text="那它的门票多少钱？", context=["你知道天坛吗？"])
+    assert (about.item.entity, about.item.predicate) == ("天坛", "门票") and about.why["context_entity"] == "天坛"
+    assert store.nearest_qa(np.ones(7, dtype=np.float32)) is None  # another embedder's vector finds nothing
+
+    hits = store.query("颐和园的门票多少钱？", top_k=5)
+    lexical = store.query("颐和园的门票多少钱？", top_k=5, weights=FusionWeights(dense=0.0))
+    assert any(h.why["dense_rank"] for h in hits) and all(h.why["dense_rank"] is None for h in lexical)
+    assert len(store.query("颐和园的门票多少钱？")) == store.settings.top_k  # the configured default count
 
 
 def test_stats(built):

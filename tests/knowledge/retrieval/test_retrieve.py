@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from knowledge.bm25 import BM25Index, default_tokenizer_spec
+from knowledge.context import Resolution
 from knowledge.embed import get_embedder
-from knowledge.fusion import rrf
+from knowledge.fusion import FusionWeights, fuse, rrf
 from knowledge.item import Item
 from knowledge.retrieve import HybridRetriever
 
@@ -33,6 +34,33 @@ def test_rrf_matches_hand_computed_weighted_sums():
     fused = rrf([(1.0, [(0, 9.0), (1, 8.0)]), (2.0, [(1, 0.5), (2, 0.4)]), (0.0, [(3, 1.0)])], rrf_k=60)
     assert fused == pytest.approx({0: 1 / 61, 1: 1 / 62 + 2 / 61, 2: 2 / 62})
     assert 3 not in fused  # a zero-weight list adds nothing
+
+
+def test_fuse_ranks_by_rrf_and_says_why():
+    """The one fusion both stores use: documents by weighted RRF (ties: the smaller key), each with its rank and
+    score in every list (None where absent) and what the dialogue resolved."""
+    lists = {"dense": (1.0, [("a", 0.9123456789), ("b", 0.8)]), "bm25": (1.0, [("b", 3.0), ("c", 1.0)]),
+             "entity": (1.0, [("c", 5.0)])}
+    res = Resolution("天坛 门票", "天坛", "context", 2)
+    (b, c, a) = fuse(lists, rrf_k=60, top_k=3, resolution=res)
+    assert [b[0], c[0], a[0]] == ["b", "c", "a"]  # b and c tie at 1/61 + 1/62: the smaller key first
+    assert b[1] == c[1] == pytest.approx(1 / 62 + 1 / 61) and a[1] == pytest.approx(1 / 61)
+    assert b[2] == {"dense_rank": 2, "dense_score": 0.8, "bm25_rank": 1, "bm25_score": 3.0, "entity_rank": None,
+                    "entity_score": None, "context_entity": "天坛", "entity_source": "context", "query": "天坛 门票"}
+    assert a[2]["dense_score"] == 0.912346 and a[2]["bm25_rank"] is None and c[2]["entity_rank"] == 1
+    assert len(fuse(lists, rrf_k=60, top_k=1, resolution=res)) == 1
+    with pytest.raises(ValueError, match=">= 0"):
+        FusionWeights(dense=-1.0)
+
+
+def test_per_query_weights_scale_the_retrievers_own(parts):
+    items, index, bm25, embedder = parts
+    retriever = HybridRetriever(items, index, bm25, embedder, dense_weight=1.0, bm25_weight=1.0)
+    both = retriever.search("颐和园的门票多少钱？", top_k=5)
+    dense_only = retriever.search("颐和园的门票多少钱？", top_k=5, weights=FusionWeights(bm25=0.0))
+    assert any(h.why["bm25_rank"] for h in both) and all(h.why["bm25_rank"] is None for h in dense_only)
+    assert all(h.why["dense_rank"] for h in dense_only)
+    assert retriever.bm25_weight == 1.0  # the retriever's own weights are untouched
 
 
 def test_the_pronoun_query_finds_the_entity_named_turns_earlier(parts):

@@ -10,6 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from knowledge.embed import CachingEmbedder
+from knowledge.fusion import FusionWeights
+from knowledge.source import KnowledgeSource
 from knowledge.store import Store
 from xdai.cli import main
 from xdai.persona import load_persona
@@ -171,6 +173,40 @@ def test_injection_from_a_real_store_and_one_encode_per_turn(gu_store, embedder)
     assert lines[gugong - 1].startswith("小呆：旺季60元")
     why = next(p.why for p in prompt.parts if p.kind == "knowledge" and p.why["for"] == "utterance")
     assert why["store"] == str(gu_store) and why["source_file"].endswith("gu.jsonl") and why["score"] >= 0.45
+
+
+def test_the_turn_asks_its_stores_only_through_the_protocol_with_the_personas_weights(gu_store, embedder):
+    """Retrieval goes through `KnowledgeSource` alone (no index internals), with the persona's selection weights."""
+
+    class Recording:
+        """A real store behind the protocol's three methods, recording what the turn asks."""
+
+        def __init__(self, inner: Store) -> None:
+            self.inner, self.embedder, self.asked = inner, inner.embedder, []
+
+        def query(self, query, **kw):
+            self.asked.append(("query", kw["weights"]))
+            return self.inner.query(query, **kw)
+
+        def nearest_qa(self, vector, **kw):
+            self.asked.append(("nearest_qa", kw["text"]))
+            return self.inner.nearest_qa(vector, **kw)
+
+        def resolve(self, text, context=None):
+            self.asked.append(("resolve", text))
+            return self.inner.resolve(text, context)
+
+    persona = load_persona("xiaodai")
+    persona.selection.dense_weight, persona.selection.bm25_weight = 0.5, 2.0
+    store = Recording(Store.open(gu_store, embedder=embedder))
+    assert isinstance(store, KnowledgeSource)
+    agent = Agent(persona, stores=[NamedStore("gu", store)], backend=None, embedder=embedder)
+    history = agent.new_history()
+    history.append("谷爱凌是谁？", "一位滑雪运动员。")
+    prompt = agent.build_prompt(history, "她几岁了？")
+    assert ("query", FusionWeights(dense=0.5, bm25=2.0)) in store.asked
+    assert ("resolve", "她几岁了？") in store.asked and ("nearest_qa", "谷爱凌是谁？\n一位滑雪运动员。") in store.asked
+    assert any(p.kind == "knowledge" and p.why["store"] == "gu" for p in prompt.parts)
 
 
 def test_open_knowledge_names_what_is_missing():
