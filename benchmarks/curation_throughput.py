@@ -42,6 +42,7 @@ def main() -> None:
     names = list(kb)[: args.entities] if args.entities else list(kb)
     config = load_config()
     config.embedder.batch_size = args.batch_size
+    settings = config.knowledge_settings()
     emb = get_embedder(args.embedder)
     emb.encode(["预热", "warm-up"], role="passage")
 
@@ -58,10 +59,10 @@ def main() -> None:
         from knowledge.sources import Problems, read_sources
 
         texts = [it.search_text for it in clean(list(read_sources([source], Problems())),
-                                                max_chars=config.knowledge.max_item_chars, report=CurationReport())]
+                                                max_chars=settings.max_item_chars, report=CurationReport())]
         before_s = encode_seconds(texts)
         start = time.perf_counter()
-        report = Store.build([source], Path(tmp) / "store", embedder=emb, progress=False, config=config,
+        report = Store.build([source], Path(tmp) / "store", embedder=emb, progress=False, settings=settings,
                              embed_cache=False)
         build_s = time.perf_counter() - start
         after_s = encode_seconds(texts)
