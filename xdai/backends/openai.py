@@ -53,7 +53,7 @@ class OpenAIBackend:
             raise ValueError(f"openai backend: endpoint must be 'completions' or 'chat', not {endpoint!r}")
         self.base_url = base
         self.endpoint = endpoint
-        self.vendor_params = vendor_params  # top_k and repetition_penalty: vLLM and SGLang accept them
+        self.vendor_params = vendor_params  # top_k, min_p and the repetition penalty under both servers' names
         self.timeout = timeout
         key = api_key or os.environ.get("OPENAI_API_KEY", "")
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -84,7 +84,10 @@ class OpenAIBackend:
             body["seed"] = settings.seed
         if self.vendor_params:
             top_k = settings.top_k if settings.top_k > 0 else -1  # vLLM's spelling of "no top-k"
+            # repetition_penalty is vLLM's and SGLang's name, repeat_penalty llama.cpp's server's (whose own default,
+            # 1.1, would otherwise apply); min_p 0 as our local sampler (llama.cpp's server defaults to 0.05).
             body.update(top_k=top_k, repetition_penalty=settings.repetition_penalty,
+                        repeat_penalty=settings.repetition_penalty, min_p=0.0,
                         stream_options={"include_usage": True})  # a last event with the server's token count
         if self.endpoint == "chat":
             body["messages"] = [
