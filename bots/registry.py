@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from knowledge import safe_yaml
+
 if TYPE_CHECKING:
     from knowledge.settings import KnowledgeSettings
     from xdai.config import Config
@@ -82,8 +84,8 @@ def load_bot(folder: str | Path) -> BotSpec:
         raise BotError(f"{file}:1: bot folder name {folder.name!r} must match {NAME_RE.pattern}")
     try:
         text = file.read_text(encoding="utf-8")
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
+        node = safe_yaml.compose(text)  # alias expansion and nesting bounded
+        data = safe_yaml.load(text)
     except OSError as exc:
         raise BotError(f"{file}:1: cannot read: {exc.strerror}") from None
     except yaml.YAMLError as exc:

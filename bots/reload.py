@@ -100,7 +100,9 @@ class Reloader:
             running = (self.specs[name], self.agents[name]) if name in self.specs and name in self.agents else None
             fresh = self.build(spec, self.stores_dir, personas_dir=self.personas_dir, reuse=running)
         except (BotError, ValueError, OSError, RuntimeError) as exc:  # PersonaError, SourceError are ValueErrors
-            message = str(exc) if _has_location(str(exc)) else f"{self.bots_dir / name / BOT_FILE}:1: {exc}"
+            folder = str(self.bots_dir / name)
+            message = str(exc) if _has_location(str(exc)) or str(exc).startswith(folder) else \
+                f"{self.bots_dir / name / BOT_FILE}:1: {exc}"
             self.errors[name] = message
             log.error("bot %s: edit refused, the previous version keeps serving:\n%s", name, message)
             return message

@@ -11,6 +11,9 @@ Formats (documented with examples in docs/knowledge.md):
 
 Readers report problems through `Problems`: by default the first one raises `SourceError` naming the file and
 line/record; with ``skip_bad`` the record (or the unreadable file) is skipped and the problem kept for the report.
+Input is bounded: only regular files are opened (a FIFO or a device named directly is refused, never waited on),
+YAML goes through `knowledge.safe_yaml` (alias expansion and nesting bounded), and JSON nested deeper than the
+interpreter can parse is a `SourceError`, not a traceback.
 Items come out un-normalised and without ids; `knowledge.curate` does the rest.
 """
 
@@ -19,7 +22,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from knowledge import safe_yaml
 from knowledge.item import Item
 
 QA_EXTS = {".jsonl", ".csv", ".tsv", ".yaml", ".yml", ".json"}
@@ -132,10 +138,44 @@ def read_documents(docs: list[Any], problems: Problems, *, origin: str = "<langc
 
 
 # --------------------------------------------------------------------------------------------- decoding
+def _read_bytes(path: Path) -> bytes:
+    """The bytes of a regular file. Anything else (a FIFO, a device, a socket) is refused before it is opened, and
+    opened without blocking and checked again, so that no source can make a build wait forever or read without end."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise SourceError(path, "", "no such file") from None
+    except OSError as exc:
+        raise SourceError(path, "", f"cannot read: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise SourceError(path, "", f"not a regular file ({_file_kind(mode)}): a source is a file or a folder of files")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
+            if not stat.S_ISREG(mode):  # replaced since the check above
+                raise SourceError(path, "", f"not a regular file ({_file_kind(mode)}): a source is a file or a folder of files")
+            return fh.read()
+    except OSError as exc:
+        raise SourceError(path, "", f"cannot read: {exc.strerror}") from None
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
+             stat.S_ISSOCK: "a socket", stat.S_ISDIR: "a folder"}
+    return next((name for test, name in kinds.items() if test(mode)), "not a plain file")
+
+
+def _json_loads(text: str, path: Path, where: str) -> Any:
+    """`json.loads`, with nesting past the interpreter's recursion limit (~1,000 levels) as a SourceError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise SourceError(path, where, "invalid JSON (nested too deeply: knowledge records are a few levels deep)") from None
+
+
 def _read_text(path: Path, problems: Problems) -> str:
-    if not path.exists():
-        raise SourceError(path, "", "no such file")
-    data = path.read_bytes()
+    data = _read_bytes(path)
     if not data.strip():
         raise SourceError(path, "", "file is empty")
     if b"\x00" in data[:8192]:
@@ -212,7 +252,7 @@ def _read_jsonl(path: Path, text: str, problems: Problems) -> Iterator[Item]:
         where = f"line {number}"
         try:
             try:
-                rec = json.loads(line)
+                rec = _json_loads(line, path, where)
             except json.JSONDecodeError as exc:
                 raise SourceError(path, where, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
             if _is_kb(rec):
@@ -259,8 +299,8 @@ def _read_csv(path: Path, text: str, problems: Problems, *, delimiter: str) -> I
             problems.report(exc)
 
 
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that remembers each mapping's line, so records can name where they came from."""
+class _LineLoader(safe_yaml.SafeLoader):
+    """The bounded SafeLoader, remembering each mapping's line, so records can name where they came from."""
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[str, Any]:
@@ -274,7 +314,10 @@ _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _con
 
 def _read_yaml(path: Path, text: str, problems: Problems) -> Iterator[Item]:
     try:
-        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+        data = safe_yaml.load(text, _LineLoader)
+    except safe_yaml.YAMLBoundsError as exc:
+        mark = exc.problem_mark
+        raise SourceError(path, f"line {mark.line + 1}, column {mark.column + 1}", f"YAML refused: {exc.problem}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -329,7 +372,7 @@ def _is_kb(data: Any) -> bool:
 
 def _read_json(path: Path, text: str, problems: Problems) -> Iterator[Item]:
     try:
-        data = json.loads(text)
+        data = _json_loads(text, path, "")
     except json.JSONDecodeError as exc:
         raise SourceError(path, f"line {exc.lineno}, column {exc.colno}", f"invalid JSON ({exc.msg})") from None
     if _is_kb(data):

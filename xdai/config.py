@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from knowledge import safe_yaml
 from knowledge.settings import ConfigError, KnowledgeSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -161,7 +162,7 @@ def _env_overrides(cfg: Config, environ: dict[str, str]) -> None:
             for sub in dataclasses.fields(value):
                 name = f"XDAI_{f.name}_{sub.name}".upper()
                 if name in environ:
-                    _apply(value, {sub.name: yaml.safe_load(environ[name])}, f"${name}")
+                    _apply(value, {sub.name: safe_yaml.load(environ[name])}, f"${name}")
         elif f.name != "source":
             name = f"XDAI_{f.name}".upper()
             if name in environ:
@@ -182,7 +183,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
         if not file.is_file():
             raise ConfigError(f"{file}: configuration file not found")
         try:
-            data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+            data = safe_yaml.load(file.read_text(encoding="utf-8")) or {}  # alias expansion bounded
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from knowledge import safe_yaml
 from xdai.flows import Flow, FlowContext, clock_text
 
 CONFIG = Path(__file__).with_name("interview.yaml")
@@ -32,7 +33,7 @@ def load_interview(path: Path = CONFIG) -> dict[str, Any]:
     """interview.yaml, checked: a clear error naming the file and key when it is wrong."""
     text = path.read_text(encoding="utf-8")
     try:
-        node, data = yaml.compose(text), yaml.safe_load(text) or {}
+        node, data = safe_yaml.compose(text), safe_yaml.load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ValueError(f"{path}:{mark.line + 1 if mark else 1}: {getattr(exc, 'problem', None) or exc}") from None

@@ -3,7 +3,10 @@ edit is reported with file:line and the previous version keeps serving (also ove
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +148,60 @@ def test_a_shared_persona_in_personas_dir_reloads_every_bot_using_it(tmp_path: P
     edit(personas / "wukong.yaml", "mes_example:", "mes_example: [")
     failed = reloader.check().failed["wukong"]
     assert f"{personas / 'wukong.yaml'}:" in failed and agents["wukong"].greeting().startswith("呔！")
+
+
+
+def _alias_bomb(indent: str, levels: int = 7, fan: int = 9) -> str:
+    """`levels` of anchors at `indent`, each listing the previous `fan` times (a 7-level bomb: 4.8M nodes)."""
+    lines = [f'{indent}a0: &a0 ["lol"]']
+    lines += [f"{indent}a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * fan)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+async def test_an_alias_bomb_in_a_served_persona_is_refused_off_the_event_loop(served_copy: Any) -> None:
+    """Issue 13 item 10: the bomb took a served process from 0.82 to 5.8 GB and stalled its event loop 7.7 s. Now
+    the reload refuses it at the alias, in a worker thread, while the loop keeps ticking."""
+    bots_dir, specs, agents, reloader = served_copy
+    before = agents["frontdesk"]
+    persona = bots_dir / "frontdesk" / "persona.yaml"
+    text = persona.read_text(encoding="utf-8")
+    persona.write_text(text + "extensions:\n" + _alias_bomb("  "), encoding="utf-8")
+    bomb_line = text.count("\n") + 7  # a5, whose *a4 aliases take the expansion past the bound
+    threads: list[int] = []
+    check = reloader.check
+
+    def recording_check() -> Any:
+        threads.append(threading.get_ident())
+        return check()
+
+    reloader.check = recording_check  # type: ignore[method-assign]
+    reloader.interval_s = 0.05
+    task = asyncio.create_task(reloader.run())
+    worst, last, started = 0.0, time.monotonic(), time.monotonic()
+    try:
+        while "frontdesk" not in reloader.errors and time.monotonic() - started < 30:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            worst, last = max(worst, now - last), now
+    finally:
+        task.cancel()
+    error = reloader.errors["frontdesk"]
+    assert f"persona.yaml:{bomb_line}:" in error and "YAML refused: aliases expand to more than 100,000 nodes" in error
+    assert agents["frontdesk"] is before  # the previous version keeps serving
+    assert threads and threading.get_ident() not in threads  # checked in a worker thread, never on the loop
+    assert worst < 0.5 and time.monotonic() - started < 5, (worst, time.monotonic() - started)
+
+
+def test_an_alias_bomb_in_bot_yaml_is_refused_with_file_and_line(served_copy: Any) -> None:
+    bots_dir, specs, agents, reloader = served_copy
+    before = agents["frontdesk"]
+    bot_yaml = bots_dir / "frontdesk" / "bot.yaml"
+    text = bot_yaml.read_text(encoding="utf-8")
+    assert text.endswith("options:\n  generation: {max_tokens: 48, temperature: 0.3}\n")
+    bot_yaml.write_text(text + "  x:\n" + _alias_bomb("    "), encoding="utf-8")
+    bomb_line = text.count("\n") + 7
+    started = time.monotonic()
+    failed = reloader.check().failed["frontdesk"]
+    assert time.monotonic() - started < 2
+    assert failed.startswith(f"{bot_yaml}:{bomb_line}: aliases expand to more than 100,000 nodes"), failed
+    assert agents["frontdesk"] is before

@@ -164,3 +164,112 @@ def test_skip_bad_drops_only_undecodable_lines(tmp_path: Path):
     items, skipped = read(path, skip_bad=True)
     assert [it.q for it in items] == ["ok?", "x?"]
     assert [e.where for e in skipped] == ["line 2"]
+
+
+# ----------------------------------------------------------------------------------------------- bounded input
+def _yaml_bomb(levels: int = 7, fan: int = 9) -> str:
+    lines = ['a0: &a0 {q: "lol?", a: "lol"}']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * fan)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\nitems: *a7\n"
+
+
+def test_a_yaml_alias_bomb_source_is_refused_in_under_2_s_and_200_mb(tmp_path: Path):
+    from tests.bounded import measure
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_yaml_bomb(), encoding="utf-8")
+    assert bomb.stat().st_size < 500
+    code = """
+    problems = Problems(skip_bad=True)
+    items = list(read_sources([path], problems))
+    result = [len(items), [str(e) for e in problems.skipped]]
+    """
+    m = measure(code, setup=f"from knowledge.sources import Problems, read_sources\npath = {str(bomb)!r}")
+    assert m.error is None
+    assert m.result == [0, [f"{bomb}:line 6, column 15: YAML refused: aliases expand to more than 100,000 nodes "
+                            "(at *a4, 105,068 so far, from 15 written): an alias bomb? write the data out instead "
+                            "of nesting anchors"]]
+    assert m.seconds < 2.0 and m.rss_mb < 200, m
+
+
+def test_anchors_in_a_yaml_source_still_work(tmp_path: Path):
+    path = tmp_path / "qa.yaml"
+    path.write_text("common: &t [travel]\nqa:\n  - {q: 故宫在哪？, a: 北京。, tags: *t}\n  - {q: 长城多长？, a: 很长。, tags: *t}\n",
+                    encoding="utf-8")
+    items, _ = read(path)
+    assert [(it.q, it.tags) for it in items] == [("故宫在哪？", ["travel"]), ("长城多长？", ["travel"])]
+
+
+@pytest.mark.parametrize("skip_bad", [False, True])
+def test_nesting_past_the_bounds_is_a_source_error_even_with_skip_bad(tmp_path: Path, skip_bad: bool):
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "deep.json").write_text(deep, encoding="utf-8")
+    (tmp_path / "deep.jsonl").write_text('{"q": "a?", "a": "b"}\n' + deep + "\n", encoding="utf-8")
+    (tmp_path / "deep.yaml").write_text("qa:\n  - q: x\n    a: " + deep + "\n", encoding="utf-8")
+    expected = [
+        "deep.json: invalid JSON (nested too deeply: knowledge records are a few levels deep)",
+        "deep.jsonl:line 2: invalid JSON (nested too deeply: knowledge records are a few levels deep)",
+        "deep.yaml:line 3, column 105: YAML refused: nested deeper than 100 levels",
+    ]
+    if skip_bad:
+        items, skipped = read(tmp_path, skip_bad=True)
+        assert [it.q for it in items] == ["a?"]
+        assert [str(e).replace(f"{tmp_path}/", "") for e in skipped] == expected
+    else:
+        for name, message in zip(("deep.json", "deep.jsonl", "deep.yaml"), expected, strict=True):
+            with pytest.raises(SourceError) as err:
+                read(tmp_path / name)
+            assert str(err.value).replace(f"{tmp_path}/", "") == message
+
+
+def test_a_fifo_named_directly_is_refused_without_waiting(tmp_path: Path):
+    import os
+    import threading
+
+    fifo = tmp_path / "feed.jsonl"
+    os.mkfifo(fifo)
+    (tmp_path / "qa.jsonl").write_text('{"q": "a?", "a": "b"}\n', encoding="utf-8")
+    out: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            read(fifo)
+        except SourceError as exc:
+            out["direct"] = str(exc)
+        out["folder"] = read(tmp_path)  # inside a folder it is not a source file at all
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(10)
+    if worker.is_alive():  # unblock the reader before failing, so that the session can end
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert not worker.is_alive(), "reading a FIFO blocked"
+    assert out["direct"] == f"{fifo}: not a regular file (a FIFO): a source is a file or a folder of files"
+    items, skipped = out["folder"]
+    assert [it.q for it in items] == ["a?"] and skipped == []
+
+
+def test_knowledge_build_refuses_a_fifo_and_skips_deep_json_without_a_traceback(tmp_path: Path, cache_dir: Path):
+    """`xdai knowledge build` as a user runs it, in a child process with a timeout: a hang fails the test."""
+    import os
+    import subprocess
+    import sys
+
+    fifo, deep, good = tmp_path / "fifo", tmp_path / "deep.json", tmp_path / "good.jsonl"
+    os.mkfifo(fifo)
+    deep.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    good.write_text('{"q": "a?", "a": "b"}\n', encoding="utf-8")
+    env = {**os.environ, "XDAI_PATHS_CACHE_DIR": str(cache_dir)}
+
+    def build(*args: Path | str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "xdai", "knowledge", "build", *map(str, args), "--quiet"],
+                              capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path, check=False)
+
+    refused = build(fifo, "--out", tmp_path / "kb1")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"Error: {fifo}: not a regular file (a FIFO): a source is a file or a folder of files" in refused.stderr
+    skipped = build(fifo, deep, good, "--skip-bad", "--out", tmp_path / "kb2")
+    assert skipped.returncode == 0 and "Traceback" not in skipped.stderr, skipped.stderr
+    assert f"skipped: {fifo}: not a regular file (a FIFO)" in skipped.stderr
+    assert f"skipped: {deep}: invalid JSON (nested too deeply" in skipped.stderr
+    assert f"built {tmp_path / 'kb2'}: 1 items (1 qa) from 3 source(s)" in skipped.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import click
 
 from xdai.config import PathsConfig, load_config
 from xdai.persona import (
+    DEFAULT_LIMITS,
     PersonaError,
     card_to_png,
     check_persona_file,
@@ -34,12 +36,15 @@ def persona() -> None:
 
 @persona.command()
 @click.argument("files", nargs=-1, required=True)
-def check(files: tuple[str, ...]) -> None:
+@click.option("--max-bytes", type=click.IntRange(min=1), default=DEFAULT_LIMITS.persona_bytes, show_default=True,
+              help="Refuse persona files larger than this.")
+def check(files: tuple[str, ...], max_bytes: int) -> None:
     """Validate persona FILEs (paths or names); print every problem as file:line:col: message."""
     errors = warnings = 0
     paths = _paths()
+    limits = dataclasses.replace(DEFAULT_LIMITS, persona_bytes=max_bytes)
     for name in files:
-        issues = check_persona_file(find_persona_file(name, paths.personas_dir), paths.stores_dir)
+        issues = check_persona_file(find_persona_file(name, paths.personas_dir), paths.stores_dir, limits)
         for issue in issues:
             click.echo(str(issue))
         errors += sum(i.severity == "error" for i in issues)
@@ -57,10 +62,12 @@ def check(files: tuple[str, ...]) -> None:
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="YAML to write (default: CARD's name with .yaml, beside it).")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-def import_(card: Path, out: Path | None, force: bool) -> None:
+@click.option("--max-bytes", type=click.IntRange(min=1), default=DEFAULT_LIMITS.card_bytes, show_default=True,
+              help="Refuse card files larger than this.")
+def import_(card: Path, out: Path | None, force: bool, max_bytes: int) -> None:
     """Import a Character Card V2 (.json, or .png with a `chara` chunk) as persona YAML."""
     try:
-        p = import_card(card)
+        p = import_card(card, dataclasses.replace(DEFAULT_LIMITS, card_bytes=max_bytes))
     except PersonaError as exc:
         raise click.ClickException(f"cannot import {card}:\n{exc}") from None
     out = out or card.with_suffix(".yaml")

@@ -10,16 +10,13 @@
 from xdai.persona.card import (
     CARD_SPEC,
     CARD_SPEC_VERSION,
-    card_to_png,
     import_card,
     parse_examples,
-    placeholder_png,
-    png_bytes,
-    png_chunks,
     read_card,
     render_examples,
 )
 from xdai.persona.dump import dump_persona_yaml, persona_to_dict
+from xdai.persona.limits import DEFAULT_LIMITS, PersonaLimits
 from xdai.persona.lookup import (
     check_persona_file,
     find_persona_file,
@@ -28,6 +25,7 @@ from xdai.persona.lookup import (
     resolve_store,
 )
 from xdai.persona.parse import check_generation, parse_persona
+from xdai.persona.png import card_to_png, placeholder_png, png_bytes, png_chunks
 from xdai.persona.schema import (
     AND_ALL,
     AND_ANY,
@@ -52,6 +50,7 @@ from xdai.persona.schema import (
 )
 
 __all__ = [
+    "DEFAULT_LIMITS", "PersonaLimits",
     "AND_ALL", "AND_ANY", "CARD_SPEC", "CARD_SPEC_VERSION", "NOT_ALL", "NOT_ANY", "QA", "RERANK_DEFAULTS",
     "XDAI_EXTENSION", "BookEntry", "CharacterBook", "Example", "ExampleLine", "KnowledgeSpec", "Persona",
     "PersonaError", "PersonaIssue", "Position", "SafetySpec", "SelectionSpec", "Speaker", "card_to_png",

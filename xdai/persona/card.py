@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import base64
 import copy
-import hashlib
-import json
-import struct
-import zlib
 from pathlib import Path
 from typing import Any
 
 from xdai.persona.dump import _book_to_dict, _examples_to_yaml, _guess_language, _merge_extra, _xdai_fields
+from xdai.persona.limits import DEFAULT_LIMITS, PersonaLimits, load_json, read_limited
 from xdai.persona.parse import _build, _Builder, _from_obj, _Loc, _xdai_spec
+from xdai.persona.png import PNG_SIGNATURE, ChunkError, find_card_text
 from xdai.persona.schema import (
     XDAI_EXTENSION,
     Example,
@@ -213,101 +211,40 @@ def _from_card(card: Any, source: str) -> Persona:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Card files: JSON, or PNG with the card in a `chara` tEXt chunk (base64 of the JSON)
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_CARD_CHUNK_KEYWORD = b"chara"
+# Card files: JSON, or PNG with the card in a `chara` (or `ccv3`) text chunk (base64 of the JSON). Bounded: see
+# `xdai.persona.limits` and `xdai.persona.png`.
 
 
-def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
-    """The (type, data) chunks of a PNG, CRCs checked."""
-    if not data.startswith(_PNG_SIGNATURE):
-        raise ValueError("not a PNG file (bad signature)")
-    chunks, pos = [], len(_PNG_SIGNATURE)
-    while pos < len(data):
-        if pos + 8 > len(data):
-            raise ValueError(f"truncated PNG chunk header at byte {pos}")
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind = data[pos + 4 : pos + 8]
-        body = data[pos + 8 : pos + 8 + length]
-        if len(body) != length or pos + 12 + length > len(data):
-            raise ValueError(f"truncated PNG chunk {kind!r} at byte {pos}")
-        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
-        if crc != zlib.crc32(kind + body):
-            raise ValueError(f"PNG chunk {kind!r} at byte {pos} has a bad CRC")
-        chunks.append((kind, body))
-        pos += 12 + length
-        if kind == b"IEND":
-            break
-    return chunks
-
-
-def png_bytes(chunks: list[tuple[bytes, bytes]]) -> bytes:
-    out = [_PNG_SIGNATURE]
-    for kind, body in chunks:
-        out.append(struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body)))
-    return b"".join(out)
-
-
-def placeholder_png(name: str, size: int = 256) -> bytes:
-    """A plain avatar for cards exported without an image: a two-tone square coloured from the name."""
-    h = hashlib.sha256(name.encode("utf-8")).digest()
-    fg, bg = h[:3], bytes(255 - (255 - c) // 4 for c in h[3:6])
-    rows = []
-    for y in range(size):
-        row = bytearray(b"\x00")  # filter: none
-        for x in range(size):
-            inside = (x - size / 2) ** 2 + (y - size / 2.6) ** 2 < (size / 5) ** 2 or (
-                y > size * 0.62 and (x - size / 2) ** 2 + (y - size) ** 2 < (size / 2.6) ** 2)
-            row += fg if inside else bg
-        rows.append(bytes(row))
-    ihdr = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
-    return png_bytes([(b"IHDR", ihdr), (b"IDAT", zlib.compress(b"".join(rows), 9)), (b"IEND", b"")])
-
-
-def _card_keyword(kind: bytes, body: bytes) -> bool:
-    return kind in (b"tEXt", b"iTXt", b"zTXt") and body.split(b"\0", 1)[0] == _CARD_CHUNK_KEYWORD
-
-
-def read_card(path: str | Path) -> dict[str, Any]:
-    """A card's JSON from a .json file or from the `chara` chunk of a .png."""
+def read_card(path: str | Path, limits: PersonaLimits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """A card's JSON from a .json file or from the card chunk of a .png; PersonaError naming the file (and the
+    chunk) when it is too large, malformed or nested too deeply."""
     path = Path(path)
-    data = path.read_bytes()
+    source = str(path)
+    data = read_limited(path, limits.card_bytes, "card")
+    if data.startswith(PNG_SIGNATURE):
+        try:
+            text, where = find_card_text(data, limits.card_text_bytes)
+            raw = base64.b64decode(text.encode("ascii", "strict"), validate=False)
+        except ChunkError as exc:
+            raise PersonaError([PersonaIssue(source, 0, 0, str(exc))]) from None
+        except (ValueError, UnicodeEncodeError) as exc:  # binascii.Error is a ValueError
+            raise PersonaError([PersonaIssue(source, 0, 0, f"PNG {where}: not base64 ({exc})")]) from None
+        try:
+            decoded = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise PersonaError([PersonaIssue(source, 0, 0, f"PNG {where}: the card is not UTF-8 ({exc.reason} at "
+                                                           f"byte {exc.start})")]) from None
+        return load_json(decoded, source, limits.json_depth, f"PNG {where}: ")
+    if len(data) > limits.card_text_bytes:
+        raise PersonaError([PersonaIssue(source, 0, 0, f"{len(data):,} bytes of JSON, over the "
+                                                       f"{limits.card_text_bytes:,}-byte limit for a card")])
     try:
-        if data.startswith(_PNG_SIGNATURE):
-            found = next(((k, body) for k, body in png_chunks(data) if _card_keyword(k, body)), None)
-            if found is None:
-                raise ValueError("PNG has no `chara` text chunk: not a character card")
-            text = _chunk_text(*found)
-            return json.loads(base64.b64decode(text, validate=False).decode("utf-8"))
-        return json.loads(data.decode("utf-8-sig"))
-    except json.JSONDecodeError as exc:
-        raise PersonaError([PersonaIssue(str(path), exc.lineno, exc.colno, f"JSON: {exc.msg}")]) from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PersonaError([PersonaIssue(str(path), 0, 0, str(exc))]) from None
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PersonaError([PersonaIssue(source, 0, 0, f"not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
+    return load_json(text, source, limits.json_depth)
 
 
-def _chunk_text(kind: bytes, body: bytes) -> str:
-    rest = body.split(b"\0", 1)[1]
-    if kind == b"tEXt":
-        return rest.decode("latin-1")
-    if kind == b"zTXt":
-        return zlib.decompress(rest[1:]).decode("latin-1")
-    compressed, rest = rest[0], rest[2:]  # iTXt: flag, method, language\0, translated keyword\0, text
-    text = rest.split(b"\0", 2)[2]
-    return (zlib.decompress(text) if compressed else text).decode("utf-8")
-
-
-def card_to_png(card: dict[str, Any], image: bytes | None = None) -> bytes:
-    """`image` (or a placeholder) with `card` in a `chara` tEXt chunk; any previous card chunk is replaced."""
-    image = image or placeholder_png(str(card.get("data", {}).get("name", "")))
-    chunks = [(k, v) for k, v in png_chunks(image) if not _card_keyword(k, v)]
-    payload = base64.b64encode(json.dumps(card, ensure_ascii=False).encode("utf-8"))
-    end = next(i for i, (k, _) in enumerate(chunks) if k == b"IEND")
-    chunks.insert(end, (b"tEXt", _CARD_CHUNK_KEYWORD + b"\0" + payload))
-    return png_bytes(chunks)
-
-
-def import_card(path: str | Path) -> Persona:
+def import_card(path: str | Path, limits: PersonaLimits = DEFAULT_LIMITS) -> Persona:
     """A Persona from a Card V2 .json or .png."""
-    return Persona.from_card_v2(read_card(path), source=str(path))
+    return Persona.from_card_v2(read_card(path, limits), source=str(path))

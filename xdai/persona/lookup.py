@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from xdai.config import PathsConfig
+from xdai.persona.limits import DEFAULT_LIMITS, PersonaLimits, read_limited
 from xdai.persona.parse import _Builder, _find, _Loc, _parse_yaml, parse_persona
 from xdai.persona.schema import Persona, PersonaError, PersonaIssue
 
@@ -27,14 +28,25 @@ def resolve_store(spec: str, persona_path: Path | None = None, stores_dir: Dir |
     return next((c for c in candidates if c.exists()), None)
 
 
-def check_persona_file(path: str | Path, stores_dir: Dir | None = None) -> list[PersonaIssue]:
+def read_persona_text(path: Path, limits: PersonaLimits = DEFAULT_LIMITS) -> str:
+    """A persona file's text: a regular file within `limits.persona_bytes`, UTF-8; PersonaError otherwise."""
+    data = read_limited(path, limits.persona_bytes, "persona file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PersonaError([PersonaIssue(str(path), 0, 0, f"cannot read: not UTF-8 ({exc.reason} at byte "
+                                                          f"{exc.start})")]) from None
+
+
+def check_persona_file(path: str | Path, stores_dir: Dir | None = None,
+                       limits: PersonaLimits = DEFAULT_LIMITS) -> list[PersonaIssue]:
     """Every problem in a persona YAML file (errors, and warnings for stores that do not exist yet under
     `stores_dir` or beside the file)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return [PersonaIssue(str(path), 0, 0, f"cannot read: {exc}")]
+        text = read_persona_text(path, limits)
+    except PersonaError as exc:
+        return exc.issues
     persona, issues = parse_persona(text, str(path))
     if persona is not None:
         persona.path = path
@@ -77,16 +89,14 @@ def find_persona_file(name_or_path: str | Path, personas_dir: Dir | None = None)
     return d / f"{name_or_path}.yaml"
 
 
-def load_persona(name_or_path: str | Path, personas_dir: Dir | None = None) -> Persona:
+def load_persona(name_or_path: str | Path, personas_dir: Dir | None = None,
+                 limits: PersonaLimits = DEFAULT_LIMITS) -> Persona:
     """Load a persona by name ("xiaodai" -> personas/xiaodai.yaml) or path; raise PersonaError on any error."""
     path = find_persona_file(name_or_path, personas_dir)
     if not path.is_file():
         known = ", ".join(f.stem for f in persona_files(personas_dir)) or "none"
         raise PersonaError([PersonaIssue(str(path), 0, 0, f"no persona {str(name_or_path)!r} (known: {known})")])
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PersonaError([PersonaIssue(str(path), 0, 0, f"cannot read: {exc}")]) from None
+    text = read_persona_text(path, limits)
     persona, issues = parse_persona(text, str(path))
     if persona is None:
         raise PersonaError([i for i in issues if i.severity == "error"])

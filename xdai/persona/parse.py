@@ -2,7 +2,9 @@
 
 YAML is read through PyYAML's node graph rather than `safe_load`, so that each value keeps where it was written;
 a card's JSON (`xdai.persona.card`) goes through the same builder as a located tree without lines, so both are
-held to one set of rules. The builder collects every problem instead of stopping at the first.
+held to one set of rules. The builder collects every problem instead of stopping at the first. The graph comes from
+`knowledge.safe_yaml`, whose bounds on alias expansion and nesting keep the tree walk below linear in the text: a
+few hundred bytes of nested anchors are refused at the alias, not expanded into gigabytes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from knowledge import safe_yaml
 from xdai.generation import GenerationSettings
 from xdai.persona.schema import (
     QA,
@@ -44,8 +47,11 @@ class _Loc:
     col: int = 0
 
 
+MAX_DEPTH = 64  # nesting of a persona's YAML or a card's JSON; the deepest real field is about 8 levels down
+
+
 def _from_node(node: yaml.Node, loader: yaml.SafeLoader, path: str, depth: int = 0) -> _Loc:
-    if depth > 64:
+    if depth > MAX_DEPTH:
         raise RecursionError(path)
     line, col = node.start_mark.line + 1, node.start_mark.column + 1
     if isinstance(node, yaml.MappingNode):
@@ -273,6 +279,11 @@ def _generation_spec(b: _Builder) -> dict[str, Callable[[_Loc], Any]]:
     spec["rerank"] = lambda loc: b.number(loc, True, 0, 64)
     spec["inverse_prompting"] = b.boolean
     spec["inverse_weight"] = lambda loc: b.number(loc, False, 0.0, None)
+    for weight in ("likelihood_weight", "post_weight", "grounding_weight", "unsupported_weight",
+                   "contradiction_weight", "copy_weight"):  # the reranking terms (xdai.choose)
+        spec[weight] = lambda loc: b.number(loc, False, 0.0, None)
+    spec["must_not_guess"] = b.boolean
+    spec["decline"] = b.string
     return spec
 
 
@@ -446,15 +457,26 @@ def _build(b: _Builder, root: _Loc) -> Persona | None:
 # YAML in
 
 
+class _Loader(safe_yaml.SafeLoader):
+    max_depth = MAX_DEPTH
+
+
 def _parse_yaml(text: str, file: str, b: _Builder) -> _Loc | None:
     loader = None
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
         node = loader.get_single_node()
         if node is None:
             b.issues.append(PersonaIssue(file, 1, 1, "empty file: a persona needs at least `name:`"))
             return None
         return _from_node(node, loader, "")
+    except safe_yaml.RecursiveAliasError:
+        b.issues.append(PersonaIssue(file, 1, 1, "YAML: a recursive alias (an anchor that contains itself)"))
+        return None
+    except safe_yaml.YAMLBoundsError as exc:
+        mark = exc.problem_mark
+        b.issues.append(PersonaIssue(file, mark.line + 1, mark.column + 1, f"YAML refused: {exc.problem}"))
+        return None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         context = exc.context or ""
