@@ -155,6 +155,16 @@ def _coerce(value: Any, current: Any, where: str) -> Any:
     return "" if value is None else str(value)
 
 
+def _env_value(name: str, text: str) -> Any:
+    """An override's value, parsed as YAML (bounded); a YAML error names the variable and where in its value."""
+    try:
+        return safe_yaml.load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"${name}:{mark.line + 1}:{mark.column + 1}" if mark else f"${name}"
+        raise ConfigError(f"{where}: {getattr(exc, 'problem', None) or exc}") from None
+
+
 def _env_overrides(cfg: Config, environ: dict[str, str]) -> None:
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
@@ -162,7 +172,7 @@ def _env_overrides(cfg: Config, environ: dict[str, str]) -> None:
             for sub in dataclasses.fields(value):
                 name = f"XDAI_{f.name}_{sub.name}".upper()
                 if name in environ:
-                    _apply(value, {sub.name: safe_yaml.load(environ[name])}, f"${name}")
+                    _apply(value, {sub.name: _env_value(name, environ[name])}, f"${name}")
         elif f.name != "source":
             name = f"XDAI_{f.name}".upper()
             if name in environ:
