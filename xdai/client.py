@@ -5,8 +5,9 @@
         reply = await client.chat("谷爱凌是谁？")
         print(reply.text, reply.end["grounding"])
 
-The client remembers the session id and the highest ``seq`` it has seen, so `reconnect` resumes where it left off
-without losing or repeating frames.
+The client remembers the session id, its resume token (without API keys, the proof that the session is this
+client's) and the highest ``seq`` it has seen, so `reconnect` resumes where it left off without losing or
+repeating frames.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Client:
                  on_frame: Callable[[Frame], None] | None = None) -> None:
         self.ws, self.url, self._connect_kwargs, self.on_frame = ws, url, connect_kwargs, on_frame
         self.session_id: str | None = None
+        self.resume_token: str | None = None  # sent by the server when it opens a new session (no API keys)
         self.bot: str | None = None
         self.last_seq = 0
         self.greeting = ""
@@ -133,11 +135,16 @@ class Client:
 
     # -- protocol --------------------------------------------------------------------------------------------
     async def open(self, bot: str, *, session_id: str | None = None, resume_from_seq: int | None = None,
-                   auth: str | None = None, timeout: float = 60.0) -> Frame:
-        """``session.open``; returns ``session.opened`` or raises `ServerError`."""
+                   auth: str | None = None, resume_token: str | None = None, timeout: float = 60.0) -> Frame:
+        """``session.open``; returns ``session.opened`` or raises `ServerError`. Reopening a session needs its
+        `resume_token` (the one this client was given for it is used when none is passed) or the API key that
+        opened it."""
         fields: dict[str, Any] = {"bot": bot}
         if session_id:
             fields["session_id"] = session_id
+            token = resume_token or (self.resume_token if session_id == self.session_id else None)
+            if token:
+                fields["resume_token"] = token
         if resume_from_seq is not None:
             fields["resume_from_seq"] = resume_from_seq
         if auth:
@@ -147,6 +154,8 @@ class Client:
             lambda f: f["type"] == "session.opened" or (f["type"] == "error" and f.get("seq") is None), timeout)
         if frame["type"] == "error":
             raise ServerError(frame)
+        if frame["session_id"] != self.session_id or "resume_token" in frame:
+            self.resume_token = frame.get("resume_token") or (resume_token if session_id else None)
         self.session_id, self.bot, self.greeting = frame["session_id"], frame["bot"], frame["greeting"]
         return frame
 

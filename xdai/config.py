@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,43 @@ class ServerConfig:
     send_buffer_frames: int = 1024  # a connection that falls this far behind is closed (1013) and may resume
     shutdown_grace_s: float = 10.0  # in-flight replies get this long to finish; the rest end "interrupted"
     sqlite_synchronous: str = "FULL"  # FULL: a commit is on disk before its frame is sent
-    instance_id: str = ""  # names this replica's in-flight replies for crash recovery; default host:port
+    instance_id: str = ""  # names this replica's in-flight replies; default: unique per process (host-pid-random)
+    lease_s: float = 30.0  # a replica that has not renewed its lease for this long is gone: its replies end
+    ip_session_rate_per_s: float = 2.0  # new sessions per second from one address
+    ip_session_burst: float = 20.0
+    auth_failures_before_backoff: int = 5  # failed keys from one address before each further try must wait
+    auth_backoff_max_s: float = 300.0  # the wait doubles per failure up to this
+    ip_state_ttl_s: float = 900.0  # an address's limits outlive its last connection this long
+    max_tracked_ips: int = 65536
+    max_turns_per_ip: int = 8  # replies in flight from one address (0: no cap)
+    max_turns_per_key: int = 0  # replies in flight per API key (0: no cap)
+    orphan_turn_grace_s: float = 30.0  # a reply whose session lost its connection is cancelled after this
+
+    def check(self, where: str = "server") -> None:
+        """Normalise what can be written several ways, refuse what cannot be used; ConfigError names the key."""
+        origins = []
+        for i, entry in enumerate(self.allowed_origins):
+            try:
+                origins.append(normalize_origin(entry))
+            except ValueError as exc:
+                raise ConfigError(f"{where}.allowed_origins[{i}]: {exc}") from None
+        self.allowed_origins = origins
+
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
+
+
+def normalize_origin(entry: Any) -> str:
+    """An Origin as browsers send it: ``scheme://host[:port]``, lower case, no path, no trailing slash; or "*"."""
+    if not isinstance(entry, str):
+        raise ValueError(f"expected a string like 'https://chat.example.com', got {entry!r}")
+    text = entry.strip().rstrip("/")
+    if text == "*":
+        return text
+    scheme, sep, host = text.partition("://")
+    if not sep or not _SCHEME.match(scheme) or not host or any(c in host for c in "/?#@ \t"):
+        raise ValueError(f"{entry!r} is not an origin: write scheme://host[:port], e.g. 'https://chat.example.com'")
+    return f"{scheme.lower()}://{host.lower()}"
 
 
 @dataclass
@@ -205,6 +242,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
     _env_overrides(cfg, environ)
     try:
         cfg.knowledge_settings()  # out-of-range values fail here, naming the file, not at the first query
+        cfg.server.check()
     except ConfigError as exc:
         raise ConfigError(f"{cfg.source}: {exc}") from None
     return cfg

@@ -94,7 +94,8 @@ async def test_interviewer_phases_and_countdown_over_the_socket(tmp_path: Path, 
         await client.close()
 
         resumed = await Client.connect(f"ws://127.0.0.1:{server.port}/ws", on_frame=validate_server_frame)
-        await resumed.open("interviewer", session_id=client.session_id, resume_from_seq=0)
+        await resumed.open("interviewer", session_id=client.session_id, resume_from_seq=0,
+                          resume_token=client.resume_token)
         replayed = await events_until(resumed, "session.end")
         assert [f["name"] for f in replayed][-4:] == names
         await resumed.close()

@@ -28,7 +28,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, bots: tup
     from bots.registry import BotError, load_bots
     from xdai.config import ConfigError, load_config
     from xdai.service.server import XdaiServer
-    from xdai.service.sessions import open_store
+    from xdai.service.sessions import StoreUnusable, open_store
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("websockets").setLevel(logging.WARNING)
@@ -48,6 +48,11 @@ def serve(config_path: str | None, host: str | None, port: int | None, bots: tup
     if missing:
         raise click.ClickException(f"server.bots: no bot named {', '.join(map(repr, missing))} in {cfg.paths.bots_dir} "
                                    f"(declared: {', '.join(sorted(declared)) or 'none'})")
+    try:  # checked before the bots are built: a bad session database is refused at once, naming the file
+        store = open_store(server_cfg.session_store, sqlite_path=server_cfg.sqlite_path, redis_url=server_cfg.redis_url,
+                           synchronous=server_cfg.sqlite_synchronous)
+    except (StoreUnusable, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
     agents = {}
     for name in names:
         started = time.monotonic()
@@ -58,8 +63,6 @@ def serve(config_path: str | None, host: str | None, port: int | None, bots: tup
             raise click.ClickException(f"bot {name}: {exc}") from None
         click.echo(f"bot {name}: ready ({declared[name].backend}/{declared[name].model}, "
                    f"{time.monotonic() - started:.1f}s)", err=True)
-    store = open_store(server_cfg.session_store, sqlite_path=server_cfg.sqlite_path, redis_url=server_cfg.redis_url,
-                       synchronous=server_cfg.sqlite_synchronous)
     # Generation threads run Python between tokens; a short GIL switch interval keeps the event loop (acks,
     # delta forwarding) responsive while they do. Throughput is bound by the model, not by switching.
     sys.setswitchinterval(0.001)

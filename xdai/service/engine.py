@@ -5,13 +5,19 @@ a bot's `Responder.respond` there (retrieval, prompt assembly and the model all 
 typed turn stream (`Delta`, `BotEvent`, `Reply`) back to the server's loop. In front of the workers sits a bounded queue; when it is full a new message is refused with
 ``busy`` at once. `Hub` owns the live sessions: it orders every session frame with ``seq``, writes what must be
 durable before the frame that promises it, keeps one response in flight per session, makes message ids
-idempotent and replays the frame log to a resuming client.
+idempotent and replays the frame log to a resuming client. A session belongs to the principal that opened it
+(security.py); anyone else is refused with ``forbidden`` and changes nothing. Every turn ends in a frame: a
+failed store write ends it with ``response.end {finish_reason: "error"}`` and ``error {code: "storage_error"}``,
+a turn whose client is gone is cancelled after a grace period, a turn whose server died is ended "interrupted" by
+whichever server finds its lease lapsed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
@@ -22,8 +28,9 @@ from typing import Any, Protocol
 
 from xdai.responder import BotEvent, Delta, Reply, Responder, TurnEvent
 from xdai.service.metrics import Metrics
-from xdai.service.protocol import ProtocolError, server_frame
-from xdai.service.sessions import SEQ_WINDOW, SessionRecord, SessionStore, exchanges
+from xdai.service.protocol import ProtocolError, scrub_paths, server_frame
+from xdai.service.security import TurnQuota, new_resume_token, same_principal, token_principal
+from xdai.service.sessions import SEQ_WINDOW, Lease, SessionRecord, SessionStore, StorageError, exchanges
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,10 @@ class Sink(Protocol):
 
 
 # ------------------------------------------------------------------------------------------ generation pool
+class JobCancelled(Exception):
+    """A job cancelled before it started: it never reaches the bot."""
+
+
 class Job:
     """One turn for a worker. `cancel` may be called from any thread, before or while it runs."""
 
@@ -60,8 +71,9 @@ class Job:
         event = asyncio.Event()
         with self._lock:
             self._loop, self._event = asyncio.get_running_loop(), event
-            if self._cancelled:
-                event.set()
+            if self._cancelled:  # cancelled while queued (its client left): free the worker at once
+                self.emit(JobCancelled("cancelled before it started"), time.perf_counter())
+                return
         try:
             async for item in self.agent.respond(self.history, self.utterance, condition=self.condition, cancel=event,
                                                  session=self.session):
@@ -154,9 +166,10 @@ class Turn:
     received: float  # perf_counter when the message arrived
     job: Job | None = None
     task: asyncio.Task[None] | None = None
-    reason: str | None = None  # set when the server ends the turn itself ("interrupted" at shutdown)
+    reason: str | None = None  # set when the server ends the turn itself ("interrupted", "cancelled")
     finished: bool = False  # response.end written (exactly once)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    tags: tuple[tuple[str, str], ...] = ()  # whose quota of turns in flight it counts against
 
 
 @dataclass
@@ -172,6 +185,8 @@ class LiveSession:
     pending: list[dict[str, Any]] = field(default_factory=list)  # sent frames not yet in the store
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     touched: float = field(default_factory=time.monotonic)
+    # replies whose end could not be stored: (response_id, the frames sent for it), written before the next turn
+    unsettled: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -182,22 +197,87 @@ class Hub:
     """Live sessions over a `SessionStore`, turns over a `GenerationPool`."""
 
     def __init__(self, store: SessionStore, agents: dict[str, Responder], pool: GenerationPool, metrics: Metrics,
-                 *, owner: str, max_message_chars: int) -> None:
+                 *, owner: str, max_message_chars: int, quota: TurnQuota | None = None,
+                 orphan_grace_s: float = 30.0, lease_s: float = 30.0) -> None:
         self.store, self.agents, self.pool, self.metrics = store, agents, pool, metrics
         self.owner, self.max_message_chars = owner, max_message_chars
+        self.quota = quota or TurnQuota({})
+        self.orphan_grace_s, self.lease_s = orphan_grace_s, lease_s
+        self.host, self.pid = socket.gethostname(), os.getpid()
         self.sessions: dict[str, LiveSession] = {}
         self._db = ThreadPoolExecutor(1, thread_name_prefix="xdai-store")
         self.closing = False
+        self.storage_error: str | None = None  # the last write failure, until a write succeeds (/healthz)
 
     async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a store call on the store's own thread, or right here when the store says its writes are cheap."""
-        if getattr(self.store, "inline", False):
-            return fn(*args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._db, lambda: fn(*args, **kwargs))
+        """Run a store call on the store's own thread, or right here when the store says its writes are cheap.
+        Keeps `storage_error` current: set by a failure, cleared by the next write that succeeds."""
+        try:
+            if getattr(self.store, "inline", False):
+                out = fn(*args, **kwargs)
+            else:
+                out = await asyncio.get_running_loop().run_in_executor(self._db, lambda: fn(*args, **kwargs))
+        except StorageError as exc:
+            self.storage_error = str(exc)
+            raise
+        if getattr(fn, "__name__", "") in _WRITES:
+            self.storage_error = None
+        return out
 
     async def recover(self) -> list[tuple[str, str]]:
-        """Mark replies this replica was streaming when it died as interrupted."""
-        return await self.db(self.store.recover, self.owner)
+        """At start: take a lease, then end as interrupted every reply still streaming whose server is gone (this
+        instance's earlier life, or any whose lease lapsed), whatever that server was called."""
+        await self.db(self.store.heartbeat, self.owner, self.host, self.pid)
+        return await self.sweep(startup=True)
+
+    def _alive(self, lease: Lease | None, now: float) -> bool:
+        if lease is None or now - lease.heartbeat > self.lease_s:
+            return False
+        return lease.host != self.host or lease.pid == self.pid or _pid_alive(lease.pid)
+
+    async def sweep(self, *, startup: bool = False) -> list[tuple[str, str]]:
+        """End the replies of servers that are gone: each gets a logged ``response.end {finish_reason:
+        "interrupted"}``, also sent at once when its session is attached here."""
+        leases = await self.db(self.store.leases)
+        now, done = time.time(), []
+        for session_id, response_id, owner in await self.db(self.store.streaming):
+            if owner == self.owner and not startup:
+                continue  # ours, live (a reply in flight, or one whose end is waiting to be stored)
+            if owner != self.owner and self._alive(leases.get(owner), now):
+                continue
+            s = self.sessions.get(session_id)
+            if s is None:
+                end = await self.db(self.store.interrupt, session_id, response_id, owner)
+            else:
+                async with s.lock:
+                    end = await self.db(self.store.interrupt, session_id, response_id, owner)
+                    if end is not None:
+                        s.next_seq = max(s.next_seq, end["seq"] + 1)
+                        s.seq_reserved = max(s.seq_reserved, end["seq"])
+                        self._send(s, end)
+            if end is not None:
+                done.append((session_id, response_id))
+        return done
+
+    async def housekeeping(self, idle_s: float) -> None:
+        """Periodically: renew the lease (also a write probe for /healthz), end dead servers' replies, store the
+        ends of replies that could not be stored before, forget idle sessions."""
+        try:
+            await self.db(self.store.heartbeat, self.owner, self.host, self.pid)
+            await self.sweep()
+            for s in [s for s in self.sessions.values() if s.unsettled]:
+                async with s.lock:
+                    await self._settle(s)
+        except (StorageError, ProtocolError) as exc:
+            log.warning("session store: %s", exc)
+        self.evict_idle(idle_s)
+
+    async def release(self) -> None:
+        """Give up the lease at a clean shutdown (every reply has ended)."""
+        try:
+            await self.db(self.store.release, self.owner)
+        except StorageError as exc:
+            log.warning("session store: could not release the lease: %s", exc)
 
     # -- frames ----------------------------------------------------------------------------------------------
     def _frame(self, s: LiveSession, kind: str, **fields: Any) -> dict[str, Any]:
@@ -212,32 +292,51 @@ class Hub:
             s.sink.push(frame, t0)
 
     async def error(self, s: LiveSession, problem: ProtocolError) -> None:
-        """A logged error frame (it concerns a message of this session)."""
+        """A logged error frame (it concerns a message of this session); sent even when it cannot be logged."""
         async with s.lock:
             frame = self._frame(s, "error", **problem.fields())
-            await self.db(self.store.log_frames, s.id, [frame])
+            try:
+                await self.db(self.store.log_frames, s.id, [frame])
+            except StorageError as exc:
+                log.warning("session %s: error frame not logged: %s", s.id, exc)
             self._send(s, frame)
 
     # -- opening and resuming --------------------------------------------------------------------------------
-    async def open(self, sink: Sink, bot: str, session_id: str | None, resume_from_seq: int | None) -> LiveSession:
-        """Create or reopen a session, attach `sink`, send ``session.opened`` and replay frames after the seq."""
+    async def open(self, sink: Sink, bot: str, session_id: str | None, resume_from_seq: int | None, *,
+                   principal: str | None = None, resume_token: str | None = None) -> LiveSession:
+        """Create or reopen a session, attach `sink`, send ``session.opened`` and replay frames after the seq.
+
+        A new session belongs to `principal` (an API key's) or, without one, to whoever holds the resume token
+        sent in its ``session.opened``. Reopening needs the same: otherwise ``forbidden``, and nothing changes
+        (the owner's connection stays, nothing is replayed). Nothing stays attached to `sink` when this fails."""
         if self.closing:
             raise ProtocolError("shutting_down", "the server is shutting down; reconnect shortly", retryable=True)
         if bot not in self.agents:
             raise ProtocolError("bot_not_found", f"no bot named {bot!r} (hosted: {', '.join(sorted(self.agents))})",
                                 field="bot")
         resumed = session_id is not None
+        token = None
         if session_id is None:
             agent = self.agents[bot]
-            record = await self.db(self.store.create, uuid.uuid4().hex, bot, agent.greeting())
+            owner = principal
+            if owner is None:
+                token, owner = new_resume_token()
+            record = await self.db(self.store.create, uuid.uuid4().hex, bot, agent.greeting(), owner)
             s = LiveSession(record, agent, agent.new_history(), set(), record.next_seq, record.seq_reserved)
             self.sessions[s.id] = s
         else:
-            s = await self._load(session_id)
+            s = await self._load(session_id, principal, resume_token)
             if s.record.bot != bot:
                 raise ProtocolError("bot_mismatch", f"session {session_id} belongs to bot {s.record.bot!r}, not {bot!r}",
                                     field="bot")
         async with s.lock:
+            replay: list[dict[str, Any]] = []
+            if resume_from_seq is not None:
+                logged = await self.db(self.store.frames_after, s.id, resume_from_seq)
+                seqs = {f["seq"] for f in logged}
+                unlogged = [f for f in s.pending if f["seq"] > resume_from_seq and f["seq"] not in seqs]
+                replay = sorted(logged + unlogged, key=lambda f: f["seq"])
+            # nothing below can fail: the session changes hands only now
             if s.sink is not None and s.sink is not sink:
                 s.sink.push(server_frame("error", s.id, None, code="session_taken_over", retryable=False,
                                          message="this session was opened on another connection"))
@@ -246,18 +345,31 @@ class Hub:
                     close()
             s.sink = sink
             s.touched = time.monotonic()
-            last = s.next_seq - 1
-            sink.push(server_frame("session.opened", s.id, None, resumed=resumed, bot=bot,
-                                   greeting=s.record.greeting, last_seq=last))
-            if resume_from_seq is not None:
-                logged = await self.db(self.store.frames_after, s.id, resume_from_seq)
-                seqs = {f["seq"] for f in logged}
-                unlogged = [f for f in s.pending if f["seq"] > resume_from_seq and f["seq"] not in seqs]
-                for frame in sorted(logged + unlogged, key=lambda f: f["seq"]):
-                    sink.push(frame)
-        # a bot with a flow (xdai.flows) runs its on_open hook and timers here; its events come back as frames
-        s.agent.open_session(s.id, s.history, lambda name, data: self.emit_event(s, name, data), resumed=resumed)
+            opened = server_frame("session.opened", s.id, None, resumed=resumed, bot=bot,
+                                  greeting=s.record.greeting, last_seq=s.next_seq - 1)
+            if token is not None:
+                opened["resume_token"] = token
+            sink.push(opened)
+            for frame in replay:
+                sink.push(frame)
+        try:  # a bot with a flow (xdai.flows) runs its on_open hook and timers here; its events come back as frames
+            s.agent.open_session(s.id, s.history, lambda name, data: self.emit_event(s, name, data), resumed=resumed)
+        except BaseException:
+            self.detach(s, sink)
+            raise
         return s
+
+    def _authorize(self, record: SessionRecord, principal: str | None, resume_token: str | None) -> None:
+        owner = record.principal
+        if owner is not None and owner.startswith("key:"):
+            allowed = same_principal(owner, principal)
+        else:
+            allowed = owner is not None and resume_token is not None and same_principal(
+                owner, token_principal(resume_token))
+        if not allowed:
+            how = "the API key" if owner is not None and owner.startswith("key:") else "the resume_token"
+            raise ProtocolError("forbidden", f"session {record.session_id} belongs to another client: only {how} "
+                                "that opened it may resume it (open a new session instead)", field="session_id")
 
     def emit_event(self, s: LiveSession, name: str, data: Any) -> None:
         """Send a bot's ``event`` outside a turn (a flow's on_open, a timer), from the server's loop."""
@@ -266,18 +378,27 @@ class Hub:
     async def _event(self, s: LiveSession, name: str, data: Any) -> None:
         async with s.lock:
             frame = self._frame(s, "event", name=name, data=data)
-            await self.db(self.store.log_frames, s.id, [frame])
+            try:
+                await self.db(self.store.log_frames, s.id, [frame])
+            except StorageError as exc:
+                log.warning("session %s: event %r not logged: %s", s.id, name, exc)
             self._send(s, frame)
 
-    async def _load(self, session_id: str) -> LiveSession:
+    async def lookup(self, session_id: str) -> SessionRecord | None:
         cached = self.sessions.get(session_id)
-        if cached is not None and (cached.sink is not None or cached.turn is not None):
+        return cached.record if cached is not None else await self.db(self.store.get, session_id)
+
+    async def _load(self, session_id: str, principal: str | None, resume_token: str | None) -> LiveSession:
+        cached = self.sessions.get(session_id)
+        if cached is not None and (cached.sink is not None or cached.turn is not None or cached.unsettled):
+            self._authorize(cached.record, principal, resume_token)
             return cached
         # not in use here: read it afresh, since another replica may have served it meanwhile (shared store)
         record = await self.db(self.store.get, session_id)
         if record is None:
             raise ProtocolError("session_not_found", f"session {session_id} does not exist (open a new one without "
                                 "session_id)", field="session_id")
+        self._authorize(record, principal, resume_token)
         if record.bot not in self.agents:
             raise ProtocolError("bot_not_found", f"session {session_id} belongs to bot {record.bot!r}, which this "
                                 "server does not host", field="session_id")
@@ -295,27 +416,47 @@ class Hub:
         return s
 
     def detach(self, s: LiveSession, sink: Sink) -> None:
+        """`sink` is gone. A reply still in flight gets `orphan_grace_s` for its client to resume, then is
+        cancelled, so that no one's abandoned turns hold the workers."""
         if s.sink is sink:
             s.sink = None
             s.touched = time.monotonic()
+            if s.turn is not None and not s.turn.finished:
+                asyncio.get_running_loop().call_later(self.orphan_grace_s, self._orphaned, s, s.turn)
+
+    def _orphaned(self, s: LiveSession, turn: Turn) -> None:
+        if s.sink is not None or s.turn is not turn or turn.finished or turn.reason is not None:
+            return
+        left = self.orphan_grace_s - (time.monotonic() - s.touched)
+        if left > 0.01:  # it was resumed and left again meanwhile: its own grace counts from then
+            asyncio.get_running_loop().call_later(left, self._orphaned, s, turn)
+            return
+        log.info("session %s: no connection for %.1fs; cancelling reply %s", s.id, self.orphan_grace_s,
+                 turn.response_id)
+        turn.reason = "cancelled"
+        if turn.job is not None:
+            turn.job.cancel()
 
     def evict_idle(self, idle_s: float) -> int:
         """Forget sessions with no connection and no turn for `idle_s` (they stay in the store)."""
         now = time.monotonic()
-        stale = [sid for sid, s in self.sessions.items() if s.sink is None and s.turn is None and now - s.touched > idle_s]
+        stale = [sid for sid, s in self.sessions.items()
+                 if s.sink is None and s.turn is None and not s.unsettled and now - s.touched > idle_s]
         for sid in stale:
             self.sessions.pop(sid).agent.close_session(sid)
         return len(stale)
 
     # -- one message -----------------------------------------------------------------------------------------
-    async def message(self, s: LiveSession, frame: dict[str, Any], received: float) -> None:
-        """Handle ``message.create``: ack durably, then run the turn in the background."""
+    async def message(self, s: LiveSession, frame: dict[str, Any], received: float,
+                      tags: tuple[tuple[str, str], ...] = ()) -> None:
+        """Handle ``message.create``: ack durably, then run the turn in the background. `tags` name the client
+        (address, key) whose quota of turns in flight the turn counts against."""
         msg_id, text = frame["id"], frame["text"]
         s.touched = time.monotonic()
         if msg_id in s.seen or (s.turn is not None and s.turn.msg_id == msg_id):  # a retry: never reply twice
             async with s.lock:
                 frame = self._frame(s, "message.ack", reply_to=msg_id, duplicate=True)
-                await self.db(self.store.log_frames, s.id, [frame])
+                await self._write(self.store.log_frames, s.id, [frame], reply_to=msg_id)
                 self._send(s, frame)
             return
         if len(text) > self.max_message_chars:
@@ -333,40 +474,71 @@ class Hub:
         if self.closing:
             raise ProtocolError("shutting_down", "the server is shutting down; send again after reconnecting",
                                 retryable=True, reply_to=msg_id)
+        full = self.quota.acquire(tags)
+        if full is not None:
+            raise ProtocolError("too_many_turns", f"too many replies in flight for this {_QUOTA_NAMES.get(full, full)}"
+                                "; wait for one to end", retryable=True, reply_to=msg_id, retry_after_ms=1000)
         if not self.pool.admit():
+            self.quota.release(tags)
             raise ProtocolError("busy", "all generation workers and the queue are full; retry shortly",
                                 retryable=True, reply_to=msg_id, retry_after_ms=1000)
-        turn = Turn(msg_id, f"r-{uuid.uuid4().hex[:16]}", text, received)
+        turn = Turn(msg_id, f"r-{uuid.uuid4().hex[:16]}", text, received, tags=tags)
         s.turn = turn
         try:
             async with s.lock:
+                await self._settle(s, reply_to=msg_id)
                 ack = self._frame(s, "message.ack", reply_to=msg_id)
-                stored = await self.db(self.store.add_user_message, s.id, msg_id, text, frame.get("metadata"), [ack])
+                stored = await self._write(self.store.add_user_message, s.id, msg_id, text, frame.get("metadata"),
+                                           [ack], reply_to=msg_id)
                 s.seen.add(msg_id)
                 if not stored:  # stored earlier through another replica: a retry after all
                     ack["duplicate"] = True
-                    await self.db(self.store.log_frames, s.id, [ack])
+                    await self._write(self.store.log_frames, s.id, [ack], reply_to=msg_id)
                     self._send(s, ack)
                     s.turn = None
-                    self.pool.release()
+                    self._release(turn)
                     return
                 self._send(s, ack, received)
                 start = self._frame(s, "response.start", response_id=turn.response_id, reply_to=msg_id)
                 s.seq_reserved = start["seq"] + SEQ_WINDOW
-                await self.db(self.store.begin_reply, s.id, turn.response_id, msg_id, self.owner, [start],
-                              s.seq_reserved)
+                await self._write(self.store.begin_reply, s.id, turn.response_id, msg_id, self.owner, [start],
+                                  s.seq_reserved, reply_to=msg_id)
                 self._send(s, start)
         except BaseException:
-            s.turn = None
-            self.pool.release()
+            if s.turn is turn:
+                s.turn = None
+                self._release(turn)
             raise
         turn.task = asyncio.create_task(self._run_turn(s, turn, condition))
+
+    def _release(self, turn: Turn) -> None:
+        self.pool.release()
+        self.quota.release(turn.tags)
+
+    async def _write(self, fn: Callable[..., Any], *args: Any, reply_to: str | None = None) -> Any:
+        """A store write a client is waiting on: its failure is a retryable ``storage_error`` about `reply_to`."""
+        try:
+            return await self.db(fn, *args)
+        except StorageError as exc:
+            raise ProtocolError("storage_error", f"the session store failed ({_storage_words(exc)}); nothing was "
+                                "changed: retry shortly", retryable=True, reply_to=reply_to) from None
+
+    async def _settle(self, s: LiveSession, reply_to: str | None = None) -> None:
+        """Store the ends of replies that could not be stored when they ended (under `s.lock`), oldest first,
+        so that the next turn starts from what the client was told."""
+        while s.unsettled:
+            response_id, frames = s.unsettled[0]
+            await self._write(self.store.finish_reply, s.id, response_id, text="", status="error",
+                              finish_reason="error", usage={}, grounding=[], frames=frames, reply_to=reply_to)
+            s.unsettled.pop(0)
 
     async def _run_turn(self, s: LiveSession, turn: Turn, condition: str | None) -> None:
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[tuple[TurnEvent | BaseException, float]] = asyncio.Queue()
         turn.job = Job(s.agent, s.history, turn.text, condition,
                        lambda item, t0: loop.call_soon_threadsafe(items.put_nowait, (item, t0)), session=s.id)
+        if turn.reason is not None:  # ended before it started (its client left)
+            turn.job.cancel()
         first: float | None = None
         try:
             self.pool.submit(turn.job)
@@ -389,10 +561,14 @@ class Hub:
                     case _:
                         raise TypeError(f"a responder's turn yields Delta, BotEvent or Reply, not {type(item).__name__}")
         except Exception as exc:
-            log.exception("turn %s failed", turn.response_id)
+            if isinstance(exc, StorageError):
+                log.error("turn %s: the session store failed: %s", turn.response_id, exc)
+                turn.job.cancel()  # nothing more of it can be stored
+            else:
+                log.exception("turn %s failed", turn.response_id)
             await self._finish(s, turn, None, exc, first)
         finally:
-            self.pool.release()
+            self._release(turn)
             if s.turn is turn:
                 s.turn = None
             turn.done.set()
@@ -422,6 +598,8 @@ class Hub:
         else:
             error = f"{type(exc).__name__}: {exc}" if exc is not None else None
             reason, text, usage, grounding, suggestions = "error", "", {}, [], []
+            if isinstance(exc, JobCancelled):
+                reason, error = "cancelled", None
         if turn.reason is not None:
             reason = turn.reason
         status = {"stop": "complete", "length": "complete", "cancelled": "cancelled", "error": "error",
@@ -437,13 +615,31 @@ class Hub:
             frames = [*s.pending, end]
             if reason == "error":
                 frames.append(self._frame(s, "error", code="backend_error", retryable=True, reply_to=turn.msg_id,
-                                          message=f"the reply failed: {error or 'unknown error'}"))
-            await self.db(self.store.finish_reply, s.id, turn.response_id, text=text, status=status,
-                          finish_reason=reason, usage=usage, grounding=end["grounding"], frames=frames)
-            s.pending.clear()
-            s.seq_reserved = s.next_seq - 1
-            if status == "complete":
-                s.history.append(turn.text, text)
+                                          message=scrub_paths(f"the reply failed: {error or 'unknown error'}")))
+                if isinstance(exc, StorageError):
+                    frames[-1].update(code="storage_error", message=f"the reply could not be stored "
+                                      f"({_storage_words(exc)}); the session is as before it: send again")
+            try:
+                await self.db(self.store.finish_reply, s.id, turn.response_id, text=text, status=status,
+                              finish_reason=reason, usage=usage, grounding=end["grounding"], frames=frames)
+            except StorageError as failure:  # the end is sent anyway, as an error; stored before the next turn
+                log.error("turn %s: its end could not be stored: %s", turn.response_id, failure)
+                reason = "error"
+                end = {**end, "finish_reason": "error", "text": "", "grounding": [], "suggestions": []}
+                seq = end["seq"] + 1
+                if seq == s.next_seq:
+                    s.next_seq += 1
+                problem = server_frame("error", s.id, seq, code="storage_error", retryable=True, reply_to=turn.msg_id,
+                                       message=f"the reply could not be stored ({_storage_words(failure)}); the "
+                                       "session is as before it: send again")
+                frames = [end, problem]
+                s.unsettled.append((turn.response_id, frames))
+            else:
+                if status == "complete":
+                    s.history.append(turn.text, text)
+            finally:
+                s.pending.clear()
+                s.seq_reserved = s.next_seq - 1
             for frame in frames[-2:] if reason == "error" else frames[-1:]:
                 self._send(s, frame)
         self.metrics.turns.inc(bot=s.record.bot, finish_reason=reason)
@@ -483,6 +679,26 @@ class Hub:
     def close(self) -> None:
         self._db.submit(self.store.close).result()
         self._db.shutdown(wait=True)
+
+
+_WRITES = frozenset({"create", "add_user_message", "begin_reply", "reserve_seq", "finish_reply", "log_frames",
+                     "heartbeat", "interrupt", "recover", "release"})
+_QUOTA_NAMES = {"ip": "address", "key": "API key"}
+
+
+def _storage_words(exc: BaseException) -> str:
+    """What went wrong in the store, for a client: its words, no paths."""
+    return scrub_paths(str(exc).split(": ", 1)[-1])[:200] or "unknown error"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
 
 
 def _grounding(g: Any) -> dict[str, Any]:

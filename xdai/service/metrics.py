@@ -82,6 +82,7 @@ class Metrics:
         self.turns = Counter("xdai_turns_total", "Replies finished, by bot and finish reason.")
         self.errors = Counter("xdai_errors_total", "Error frames sent, by code.")
         self.connections_total = Counter("xdai_connections_total", "WebSocket connections accepted.")
+        self.auth_failures = Counter("xdai_auth_failures_total", "API keys refused (handshake, session.open, HTTP).")
         self.ack_latency = Summary("xdai_ack_latency_seconds", "message.create received -> message.ack written to the socket.")
         self.delta_forward = Summary("xdai_delta_forward_seconds", "A piece leaving the model worker -> its delta written to the socket.")
         self.ttft = Summary("xdai_ttft_seconds", "message.create received -> first delta.")
@@ -93,7 +94,7 @@ class Metrics:
 
     def render(self) -> str:
         lines: list[str] = []
-        for metric in (self.turns, self.errors, self.connections_total, self.ack_latency, self.delta_forward,
+        for metric in (self.turns, self.errors, self.connections_total, self.auth_failures, self.ack_latency, self.delta_forward,
                        self.ttft, self.reply_seconds, *self.gauges):
             lines += metric.render()
         return "\n".join(lines) + "\n"

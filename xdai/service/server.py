@@ -3,6 +3,10 @@ are plain HTTP answered from websockets' ``process_request`` hook, so one port s
 
 Each connection reads frames in its own task and writes them from another through a bounded queue: a client that
 reads too slowly is closed with 1013 (it can reconnect and resume from its last seq) instead of stalling anyone.
+
+With API keys configured, ``/bots`` and ``/metrics`` need one too, and ``/healthz`` says only how the server is.
+Limits per address (frames, new sessions, failed keys, turns in flight) live in an `AddressBook` that outlives
+connections, so reconnecting does not reset them.
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ import contextlib
 import json
 import logging
 import mimetypes
+import os
 import signal
 import socket
 import time
+import uuid
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -40,24 +46,26 @@ from xdai.service.protocol import (
     parse_client_frame,
     server_frame,
 )
-from xdai.service.security import IpLimits, KeyRing, TokenBucket, origin_allowed
-from xdai.service.sessions import SessionStore
+from xdai.service.security import AddressBook, AddressLimits, KeyRing, TokenBucket, TurnQuota, origin_allowed
+from xdai.service.sessions import SessionStore, StorageError
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).with_name("static")
 WS_PATH = "/ws"
 _CLOSE = "\x00close"  # the writer's instruction to close, queued after the frames before it
+_METHODS = "GET, HEAD"
 
 
 class Connection:
     """One client socket: a bounded send queue drained by a writer task."""
 
-    def __init__(self, ws: ServerConnection, server: XdaiServer) -> None:
-        self.ws, self.server = ws, server
+    def __init__(self, ws: ServerConnection, server: XdaiServer, ip: str) -> None:
+        self.ws, self.server, self.ip = ws, server, ip
         self.limit = server.cfg.send_buffer_frames
         self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()  # bounded by `limit` in push
         self.bucket = TokenBucket(server.cfg.rate_limit_per_s, max(server.cfg.rate_limit_burst, 1.0))
-        self.authed = not server.keys.required or bool(getattr(ws, "xdai_authed", False))
+        self.principal: str | None = getattr(ws, "xdai_principal", None)  # the API key's, once one is checked
+        self.authed = not server.keys.required or self.principal is not None
         self.session: LiveSession | None = None
         self.closing = False
         self.writer = asyncio.create_task(self._write())
@@ -98,7 +106,10 @@ class Connection:
                 if text is _CLOSE:
                     await self.ws.close(*t0)
                     return
-                await self.ws.send(text)
+                try:
+                    await self.ws.send(text)
+                except UnicodeEncodeError:  # a string no UTF-8 can carry: send it escaped instead of dying
+                    await self.ws.send(json.dumps(json.loads(text), ensure_ascii=True, separators=(",", ":")))
                 if t0 is not None:  # (frame type, when its cause happened): the server's own latency
                     kind, since = t0
                     summary = metrics.ack_latency if kind == "message.ack" else metrics.delta_forward
@@ -115,11 +126,16 @@ class XdaiServer:
 
     def __init__(self, cfg: ServerConfig, bots: dict[str, BotInfo], agents: dict[str, Responder],
                  store: SessionStore) -> None:
+        cfg.check()  # origins normalised (ConfigError naming the entry otherwise), as load_config does
         self.cfg, self.bots = cfg, bots
         self.metrics = Metrics()
         self.keys = KeyRing(cfg.api_keys)
-        self.ip_limits = IpLimits(cfg.max_connections_per_ip, cfg.ip_rate_limit_per_s,
-                                  max(cfg.ip_rate_limit_per_s * 2, cfg.rate_limit_burst))
+        self.addresses = AddressBook(AddressLimits(
+            max_connections=cfg.max_connections_per_ip, frame_rate=cfg.ip_rate_limit_per_s,
+            frame_burst=max(cfg.ip_rate_limit_per_s * 2, cfg.rate_limit_burst), session_rate=cfg.ip_session_rate_per_s,
+            session_burst=max(cfg.ip_session_burst, 1.0), auth_free_failures=cfg.auth_failures_before_backoff,
+            auth_backoff_max_s=cfg.auth_backoff_max_s, ttl_s=cfg.ip_state_ttl_s, capacity=cfg.max_tracked_ips))
+        self.quota = TurnQuota({"ip": cfg.max_turns_per_ip, "key": cfg.max_turns_per_key})
         self.pool = GenerationPool(cfg.workers, cfg.queue_size)
         self.store = store
         self.agents = agents
@@ -137,13 +153,15 @@ class XdaiServer:
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> int:
-        """Recover crashed replies, start the workers, bind. Returns the bound port (useful with port 0)."""
-        owner = self.cfg.instance_id or f"{socket.gethostname()}:{self.cfg.port}"
+        """Take a lease, end replies of servers that are gone, start the workers, bind. Returns the bound port
+        (useful with port 0)."""
+        owner = self.cfg.instance_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.hub = Hub(self.store, self.agents, self.pool, self.metrics, owner=owner,
-                       max_message_chars=self.cfg.max_message_chars)
+                       max_message_chars=self.cfg.max_message_chars, quota=self.quota,
+                       orphan_grace_s=self.cfg.orphan_turn_grace_s, lease_s=self.cfg.lease_s)
         recovered = await self.hub.recover()
         if recovered:
-            log.warning("marked %d reply(ies) interrupted by an earlier crash", len(recovered))
+            log.warning("marked %d reply(ies) interrupted: their server is gone", len(recovered))
         self.pool.start()
         self.ws_server = await serve(
             self._handle, self.cfg.host, self.cfg.port, process_request=self._http, max_size=self.cfg.max_frame_bytes,
@@ -180,31 +198,60 @@ class XdaiServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self.pool.stop()
+        with contextlib.suppress(Exception):  # ends that could not be stored: a last try
+            await self.hub.housekeeping(float("inf"))
+        await self.hub.release()
         self.hub.close()
         log.info("shut down (%d reply(ies) interrupted)", interrupted)
 
     async def _sweep(self) -> None:
+        """Renew the lease well within `lease_s`, end dead servers' replies, forget idle sessions."""
+        every = max(min(60.0, self.cfg.idle_timeout_s / 4, self.cfg.lease_s / 3), 0.05)
         while True:
-            await asyncio.sleep(min(60.0, max(self.cfg.idle_timeout_s / 4, 1.0)))
+            await asyncio.sleep(every)
             assert self.hub is not None
-            self.hub.evict_idle(self.cfg.idle_timeout_s)
+            try:
+                await self.hub.housekeeping(self.cfg.idle_timeout_s)
+            except Exception:
+                log.exception("housekeeping failed")
 
     # -- HTTP ------------------------------------------------------------------------------------------------
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
+        for name in ("Origin", "Authorization", "Host"):
+            if len(request.headers.get_all(name)) > 1:
+                return _response(HTTPStatus.BAD_REQUEST, f"more than one {name} header\n")
+        if request.method not in ("GET", "HEAD") or (path == WS_PATH and request.method != "GET"):
+            response = _response(HTTPStatus.METHOD_NOT_ALLOWED, f"method {request.method} not allowed\n")
+            response.headers["Allow"] = "GET" if path == WS_PATH else _METHODS
+            return response
+        response = self._get(connection, request, path)
+        if response is not None and request.method == "HEAD":  # the GET's headers (its Content-Length too), no body
+            response = Response(response.status_code, response.reason_phrase, response.headers, b"")
+        return response
+
+    def _get(self, connection: ServerConnection, request: Request, path: str) -> Response | None:
+        ip = _address(connection)
         if path == WS_PATH:
             if not origin_allowed(request.headers.get("Origin"), self.cfg.allowed_origins):
                 return _response(HTTPStatus.FORBIDDEN, "origin not allowed\n")
-            token = KeyRing.bearer(request.headers.get("Authorization"))
-            if token is not None:
-                if not self.keys.check(token):
-                    return _response(HTTPStatus.UNAUTHORIZED, "invalid API key\n")
-                connection.xdai_authed = True  # type: ignore[attr-defined]
+            header = request.headers.get("Authorization")
+            if header is not None:
+                refused = self._http_auth(ip, header)
+                if refused is not None:
+                    return refused
+                connection.xdai_principal = self.keys.identify(KeyRing.bearer(header))  # type: ignore[attr-defined]
             return None
-        if path == "/healthz":
-            body = {"status": "draining" if self.hub and self.hub.closing else "ok", "bots": sorted(self.agents),
-                    "connections": len(self.connections)}
-            return _response(HTTPStatus.OK, json.dumps(body), "application/json")
+        if path == "/healthz":  # open, and says nothing but how the server is
+            if self.hub is not None and self.hub.storage_error is not None:
+                return _response(HTTPStatus.SERVICE_UNAVAILABLE, json.dumps({"status": "unhealthy"}),
+                                 "application/json")
+            status = "draining" if self.hub and self.hub.closing else "ok"
+            return _response(HTTPStatus.OK, json.dumps({"status": status}), "application/json")
+        if path in ("/metrics", "/bots") and self.keys.required:
+            refused = self._http_auth(ip, request.headers.get("Authorization"))
+            if refused is not None:
+                return refused
         if path == "/metrics":
             return _response(HTTPStatus.OK, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
         if path == "/bots":
@@ -214,22 +261,39 @@ class XdaiServer:
             return _static("index.html")
         if path.startswith("/static/"):
             return _static(path[len("/static/"):])
-        return _response(HTTPStatus.NOT_FOUND, f"not found: {path}\n")
+        return _response(HTTPStatus.NOT_FOUND, "not found\n")
+
+    def _http_auth(self, ip: str, header: str | None) -> Response | None:
+        """None when `header` carries a valid key; else 401, or 429 while this address is backing off."""
+        wait = self.addresses.auth_wait(ip)
+        if wait:
+            response = _response(HTTPStatus.TOO_MANY_REQUESTS, "too many failed API keys from this address\n")
+            response.headers["Retry-After"] = str(int(wait) + 1)
+            return response
+        if self.keys.check(KeyRing.bearer(header)):
+            if header is not None:
+                self.addresses.auth_ok(ip)
+            return None
+        self.metrics.auth_failures.inc()
+        self.addresses.auth_failed(ip)
+        response = _response(HTTPStatus.UNAUTHORIZED, "invalid API key\n" if header else "an API key is required\n")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="xdai"'
+        return response
 
     # -- WebSocket -------------------------------------------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
-        ip = str(ws.remote_address[0]) if ws.remote_address else "?"
-        if not self.ip_limits.connect(ip):
+        ip = _address(ws)
+        if not self.addresses.connect(ip):
             await ws.close(CLOSE_POLICY, "too many connections from this address")
             return
-        conn = Connection(ws, self)
+        conn = Connection(ws, self, ip)
         self.connections.add(conn)
         self.metrics.connections_total.inc()
         try:
             await self._read(conn, ip)
         finally:
             self.connections.discard(conn)
-            self.ip_limits.disconnect(ip)
+            self.addresses.disconnect(ip)
             if conn.session is not None and self.hub is not None:
                 self.hub.detach(conn.session, conn)
             if not conn.closing:
@@ -238,7 +302,6 @@ class XdaiServer:
                 await asyncio.wait_for(conn.writer, timeout=3)
 
     async def _read(self, conn: Connection, ip: str) -> None:
-        ip_bucket = self.ip_limits.bucket(ip)
         while not conn.closing:
             try:
                 data = await asyncio.wait_for(conn.ws.recv(), timeout=self.cfg.idle_timeout_s)
@@ -252,14 +315,21 @@ class XdaiServer:
             except ConnectionClosed:
                 return
             received = time.perf_counter()
-            wait = max(conn.bucket.take(), ip_bucket.take())
+            wait = max(conn.bucket.take(), self.addresses.frame(ip))
             if wait:
                 conn.error(ProtocolError("rate_limited", f"too many frames: at most {self.cfg.rate_limit_per_s:g}/s "
                                          "per connection", retryable=True, retry_after_ms=int(wait * 1000) + 1))
                 continue
+            frame: dict[str, Any] | None = None
             try:
-                frame = parse_client_frame(data)
-                await self._dispatch(conn, frame, received)
+                try:
+                    frame = parse_client_frame(data)
+                    await self._dispatch(conn, frame, received)
+                except StorageError as exc:
+                    log.error("session store: %s", exc)
+                    msg_id = frame.get("id") if frame and frame.get("type") == "message.create" else None
+                    raise ProtocolError("storage_error", "the session store failed; nothing was changed: retry "
+                                        "shortly", retryable=True, reply_to=msg_id) from None
             except ProtocolError as problem:
                 if conn.session is not None and problem.reply_to is not None and self.hub is not None:
                     await self.hub.error(conn.session, problem)
@@ -280,24 +350,58 @@ class XdaiServer:
                 raise ProtocolError("session_already_open", f"this connection already has session {conn.session.id}; "
                                     "open another connection for another session")
             if not conn.authed:
-                if not self.keys.check(frame.get("auth")):
-                    raise ProtocolError("unauthorized", "an API key is required: send it as 'auth' in session.open "
-                                        "or as 'Authorization: Bearer <key>'", field="auth")
-                conn.authed = True
+                self._authenticate(conn, frame.get("auth"))
+            if frame.get("session_id") is None:
+                wait = self.addresses.new_session(conn.ip)
+                if wait:
+                    raise ProtocolError("rate_limited", "too many new sessions from this address: at most "
+                                        f"{self.cfg.ip_session_rate_per_s:g}/s", retryable=True,
+                                        retry_after_ms=int(wait * 1000) + 1)
             conn.session = await self.hub.open(conn, frame["bot"], frame.get("session_id"),
-                                               frame.get("resume_from_seq"))
+                                               frame.get("resume_from_seq"), principal=conn.principal,
+                                               resume_token=frame.get("resume_token"))
             return
         reply_to = frame.get("id") if kind == "message.create" else frame.get("reply_to")
+        given = frame.get("session_id")
+        if given is not None and (conn.session is None or given != conn.session.id):
+            await self._not_yours(conn, given, reply_to)
         if conn.session is None:
             raise ProtocolError("no_session", f"{kind} before session.open: open a session first", reply_to=reply_to)
-        given = frame.get("session_id")
         if given is not None and given != conn.session.id:
             raise ProtocolError("session_mismatch", f"frame names session {given}, but this connection has "
                                 f"{conn.session.id}", reply_to=reply_to, field="session_id")
         if kind == "message.create":
-            await self.hub.message(conn.session, frame, received)
+            tags = (("ip", conn.ip),) + ((("key", conn.principal),) if conn.principal else ())
+            await self.hub.message(conn.session, frame, received, tags)
         elif kind == "response.cancel":
             self.hub.cancel(conn.session, frame["reply_to"])
+
+    def _authenticate(self, conn: Connection, key: str | None) -> None:
+        """The key in session.open: counted per address, and not even checked while the address backs off."""
+        wait = self.addresses.auth_wait(conn.ip)
+        if wait:
+            raise ProtocolError("rate_limited", "too many failed API keys from this address; wait before trying "
+                                "again", retryable=True, retry_after_ms=int(wait * 1000) + 1, field="auth")
+        principal = self.keys.identify(key)
+        if principal is None:
+            self.metrics.auth_failures.inc()
+            self.addresses.auth_failed(conn.ip)
+            raise ProtocolError("unauthorized", "an API key is required: send it as 'auth' in session.open "
+                                "or as 'Authorization: Bearer <key>'", field="auth")
+        self.addresses.auth_ok(conn.ip)
+        conn.authed, conn.principal = True, principal
+
+    async def _not_yours(self, conn: Connection, session_id: str, reply_to: str | None) -> None:
+        """A frame naming a session this connection has not opened: ``forbidden`` when it is someone else's."""
+        assert self.hub is not None
+        record = await self.hub.lookup(session_id)
+        if record is None:
+            return
+        principal = record.principal
+        if principal is not None and principal.startswith("key:") and conn.principal == principal:
+            return  # the caller's own session, opened elsewhere: session_mismatch / no_session say so
+        raise ProtocolError("forbidden", f"session {session_id} belongs to another client", reply_to=reply_to,
+                            field="session_id")
 
 
 def _response(status: HTTPStatus, body: str | bytes, content_type: str = "text/plain; charset=utf-8") -> Response:
@@ -307,12 +411,16 @@ def _response(status: HTTPStatus, body: str | bytes, content_type: str = "text/p
     return Response(status.value, status.phrase, headers, data)
 
 
+def _address(connection: ServerConnection) -> str:
+    return str(connection.remote_address[0]) if connection.remote_address else "?"
+
+
 def _static(name: str) -> Response:
     """A file from static/, never outside it."""
     root = STATIC_DIR.resolve()
     path = (root / name).resolve()
     if root not in path.parents or not path.is_file():
-        return _response(HTTPStatus.NOT_FOUND, f"not found: {name}\n")
+        return _response(HTTPStatus.NOT_FOUND, "not found\n")
     kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     if kind.startswith("text/") or kind in ("application/javascript", "text/javascript"):
         kind += "; charset=utf-8"

@@ -180,7 +180,8 @@ async def test_idle_connections_time_out(tmp_path: Path, agent: Any, bot_specs: 
             await c.recv(10)
         assert info.value.rcvd is not None and info.value.rcvd.code == 1001
         again = await r.client()  # the session itself lives on: reconnect and resume it
-        assert (await again.open("smol", session_id=c.session_id, resume_from_seq=0))["resumed"] is True
+        opened = await again.open("smol", session_id=c.session_id, resume_from_seq=0, resume_token=c.resume_token)
+        assert opened["resumed"] is True
         await again.close()
     finally:
         await r.server.shutdown()

@@ -107,7 +107,7 @@ async def test_kill_9_mid_reply_keeps_every_acknowledged_message(tmp_path: Path,
         await c.open("smol-long")
         finished = await c.chat("Hi! How are you today?")
         assert finished.end["finish_reason"] in ("stop", "length")
-        session_id, killed_id = c.session_id, None
+        session_id, token, killed_id = c.session_id, c.resume_token, None
         for attempt in range(3):  # the reply must still be streaming when the kill lands
             msg = await c.send(f"Tell me a long story about the Great Wall, part {attempt + 1}.")
             async for frame in c.stream(msg):
@@ -125,12 +125,12 @@ async def test_kill_9_mid_reply_keeps_every_acknowledged_message(tmp_path: Path,
                 break
             c = await Client.connect(f"ws://127.0.0.1:{port}/ws", on_frame=validate_server_frame)
             c.last_seq = seen
-            await c.open("smol-long", session_id=session_id, resume_from_seq=seen)
+            await c.open("smol-long", session_id=session_id, resume_from_seq=seen, resume_token=token)
         assert killed_id is not None, "every reply finished before the kill landed"
         # restarted: resume from the last frame seen; the interrupted reply's end arrives, seq still increasing
         c2 = await Client.connect(f"ws://127.0.0.1:{port}/ws", on_frame=validate_server_frame)
         c2.last_seq = seen
-        opened = await c2.open("smol-long", session_id=session_id, resume_from_seq=seen)
+        opened = await c2.open("smol-long", session_id=session_id, resume_from_seq=seen, resume_token=token)
         assert opened["resumed"] and opened["last_seq"] > seen
         end = await c2.recv(30)
         assert end["type"] == "response.end" and end["finish_reason"] == "interrupted" and end["reply_to"] == killed_id

@@ -65,7 +65,8 @@ async def test_resume_replays_missed_frames_without_duplicates(running: Running)
     await c.ws.close()
     await asyncio.sleep(0.3)
     c2 = await running.client()
-    reopened = await c2.open("smol", session_id=c.session_id, resume_from_seq=got[-1]["seq"])
+    reopened = await c2.open("smol", session_id=c.session_id, resume_from_seq=got[-1]["seq"],
+                             resume_token=c.resume_token)
     assert reopened["resumed"] and reopened["session_id"] == c.session_id
     c2.last_seq = got[-1]["seq"]
     rest: list[dict[str, Any]] = []
@@ -230,7 +231,7 @@ async def test_two_replicas_share_sessions_through_redis(tmp_path: Path, agent: 
         # the load balancer sends the reconnect to the other replica: same session, same history, seq goes on
         c2 = await b.client()
         c2.last_seq = seen
-        opened = await c2.open("smol", session_id=c.session_id, resume_from_seq=seen)
+        opened = await c2.open("smol", session_id=c.session_id, resume_from_seq=seen, resume_token=c.resume_token)
         assert opened["resumed"] and opened["last_seq"] == seen and opened["greeting"] == c.greeting
         assert len(b.server.hub.sessions[c.session_id].history) == 1
         retry = await c2.chat("Hello from replica A", id="a1", timeout=30)  # the id is known on B too
