@@ -97,6 +97,7 @@ class ServerConfig:
     max_turns_per_ip: int = 8  # replies in flight from one address (0: no cap)
     max_turns_per_key: int = 0  # replies in flight per API key (0: no cap)
     orphan_turn_grace_s: float = 30.0  # a reply whose session lost its connection is cancelled after this
+    eval_dir: str = "stores/studies"  # pairwise studies served at /eval/<id> (xdai eval pairs build writes them)
 
     def check(self, where: str = "server") -> None:
         """Normalise what can be written several ways, refuse what cannot be used; ConfigError names the key."""
