@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from xdai.persona.schema import (
+    Asset,
     BookEntry,
     CharacterBook,
     Example,
@@ -33,13 +34,15 @@ _Dumper.add_representer(str, _str_presenter)
 def persona_to_dict(p: Persona) -> dict[str, Any]:
     """The YAML shape of a persona: fields in reading order, defaults and empties left out."""
     out: dict[str, Any] = {"name": p.name}
+    if p.nickname is not None:
+        out["nickname"] = p.nickname
     if p.language != "zh":
         out["language"] = p.language
-    if p.bot_speaker != p.name:
+    if p.bot_speaker != p.default_bot_speaker():
         out["bot_speaker"] = p.bot_speaker
     if p.user_speaker != default_user_speaker(p.language):
         out["user_speaker"] = p.user_speaker
-    for key in ("description", "personality", "scenario", "first_mes", "alternate_greetings"):
+    for key in ("description", "personality", "scenario", "first_mes", "alternate_greetings", "group_only_greetings"):
         if getattr(p, key):
             out[key] = getattr(p, key)
     if p.mes_example:
@@ -50,9 +53,24 @@ def persona_to_dict(p: Persona) -> dict[str, Any]:
     out.update(_xdai_fields(p, language=False))
     if p.character_book is not None:
         out["character_book"] = _book_to_dict(p.character_book)
-    for key in ("tags", "creator", "character_version", "creator_notes", "extensions", "card_extra"):
+    for key in ("tags", "creator", "character_version", "creator_notes"):
         if getattr(p, key):
             out[key] = copy.deepcopy(getattr(p, key))
+    for key in ("creator_notes_multilingual", "source", "creation_date", "modification_date"):
+        if getattr(p, key) is not None:
+            out[key] = copy.deepcopy(getattr(p, key))
+    if p.assets is not None:
+        out["assets"] = [_asset_to_dict(a, card=False) for a in p.assets]
+    for key in ("extensions", "card_extra"):
+        if getattr(p, key):
+            out[key] = copy.deepcopy(getattr(p, key))
+    return out
+
+
+def _asset_to_dict(a: Asset, card: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": a.type, "uri": a.uri}
+    out.update({k: getattr(a, k) for k in ("name", "ext") if getattr(a, k) is not None})
+    _merge_extra(out, a.card_extra, card)
     return out
 
 
@@ -70,7 +88,7 @@ def _xdai_fields(p: Persona, language: bool) -> dict[str, Any]:
     if language:
         if p.language != _guess_language(p):
             out["language"] = p.language
-        if p.bot_speaker != p.name:
+        if p.bot_speaker != p.default_bot_speaker():
             out["bot_speaker"] = p.bot_speaker
         if p.user_speaker != default_user_speaker(p.language):
             out["user_speaker"] = p.user_speaker
@@ -117,7 +135,7 @@ def _entry_to_dict(e: BookEntry, card: bool) -> dict[str, Any]:
         out["insertion_order"] = e.insertion_order
     default = BookEntry()
     for key in ("case_sensitive", "name", "priority", "id", "comment", "selective", "secondary_keys",
-                "constant", "position"):
+                "constant", "position", "use_regex"):
         value = getattr(e, key)
         if key in e.given or value != getattr(default, key):
             out[key] = copy.deepcopy(value)

@@ -51,7 +51,26 @@ def check_persona_file(path: str | Path, stores_dir: Dir | None = None,
     if persona is not None:
         persona.path = path
         issues.extend(_store_warnings(persona, text, str(path), stores_dir))
+        issues.extend(_asset_warnings(persona, text, str(path)))
     return issues
+
+
+def _asset_warnings(persona: Persona, text: str, file: str) -> list[PersonaIssue]:
+    """A warning per ``embeded://`` asset whose file is not in NAME.assets/ (a CHARX export would refuse)."""
+    from xdai.persona.assets import missing_assets
+
+    missing = missing_assets(persona)
+    if not missing:
+        return []
+    listed = _find(_parse_yaml(text, file, _Builder(file)), ["assets"])
+    out = []
+    for asset in missing:
+        i = next(n for n, a in enumerate(persona.assets or []) if a is asset)
+        loc = _find(listed.value[i], ["uri"]) if listed is not None and listed.kind == "seq" else None
+        loc = loc or _Loc("scalar", asset.uri, "")
+        out.append(PersonaIssue(file, loc.line, loc.col, f"assets[{i}].uri: no file {asset.embedded_path!r} in "
+                                f"{persona.assets_dir}", "warning"))
+    return out
 
 
 def _store_warnings(persona: Persona, text: str, file: str, stores_dir: Dir | None) -> list[PersonaIssue]:

@@ -23,6 +23,7 @@ from xdai.generation import GenerationSettings
 from xdai.persona.schema import (
     QA,
     XDAI_EXTENSION,
+    Asset,
     BookEntry,
     CharacterBook,
     ExampleLine,
@@ -315,6 +316,7 @@ def _book_entry(b: _Builder, loc: _Loc) -> Any:
             "secondary_keys": b.strings,
             "constant": b.boolean,
             "position": lambda v: b.literal(v, ("before_char", "after_char")),
+            "use_regex": b.boolean,
             "card_extra": b.json_value,
         },
         required=("keys", "content"),
@@ -339,6 +341,45 @@ def _character_book(b: _Builder, loc: _Loc) -> Any:
         },
     )
     return d if d is _BAD else CharacterBook(**d)
+
+
+def _asset(b: _Builder, loc: _Loc) -> Any:
+    d = b.mapping(loc, {"type": b.string, "uri": b.string, "name": b.optional_string, "ext": b.optional_string,
+                        "card_extra": b.json_value}, required=("type", "uri"))
+    if d is _BAD:
+        return d
+    asset = Asset(**d)
+    path = asset.embedded_path
+    if path is not None and (not path or path.startswith("/") or "\\" in path or ":" in path
+                             or any(part in ("", ".", "..") for part in path.split("/"))):
+        return b.error(_find(loc, ["uri"]) or loc, f"an embedded asset is a relative path inside the card, "
+                                                   f"like embeded://assets/icon/images/main.png; got {asset.uri!r}")
+    return asset
+
+
+def _string_map(b: _Builder, loc: _Loc) -> Any:
+    """A mapping of strings to strings (Card V3's creator_notes_multilingual: language code -> notes)."""
+    if loc.kind != "map":
+        return b.error(loc, f"expected a mapping of strings, got {_describe(loc)}")
+    out, bad = {}, False
+    for k, v in loc.value:
+        if not isinstance(k.value, str) or not k.value:
+            b.error(_at(k, loc.path), f"keys are non-empty strings, got {_describe(k)}")
+            bad = True
+        elif k.value in out:
+            b.error(_at(k, loc.path), f"duplicate key {k.value!r}")
+            bad = True
+        text = b.string(v)
+        if text is _BAD:
+            bad = True
+        elif isinstance(k.value, str):
+            out[k.value] = text
+    return _BAD if bad else out
+
+
+def _optional(convert: Callable[[_Loc], Any]) -> Callable[[_Loc], Any]:
+    """A field whose null means "the card did not have it" (Card V3's optional fields)."""
+    return lambda loc: None if loc.kind == "scalar" and loc.value is None else convert(loc)
 
 
 def _qa(b: _Builder, loc: _Loc) -> Any:
@@ -418,6 +459,14 @@ def _persona_spec(b: _Builder) -> dict[str, Callable[[_Loc], Any]]:
         "character_version": b.string,
         "extensions": extensions,
         "character_book": lambda v: _character_book(b, v),
+        # Card V3
+        "nickname": b.optional_string,
+        "creator_notes_multilingual": _optional(lambda v: _string_map(b, v)),
+        "source": _optional(b.strings),
+        "group_only_greetings": b.strings,
+        "creation_date": _optional(lambda v: b.number(v, False, 0)),
+        "modification_date": _optional(lambda v: b.number(v, False, 0)),
+        "assets": _optional(lambda v: b.seq(v, lambda a: _asset(b, a), "a list of assets")),
     }
     spec.update(_xdai_spec(b))
     spec["card_extra"] = b.json_value
@@ -445,10 +494,10 @@ def _build(b: _Builder, root: _Loc) -> Persona | None:
     d = b.mapping(root, _persona_spec(b), required=("name",))
     if d is _BAD:
         return None
-    if "bot_speaker" not in d and _SPEAKER_BREAKERS.search(d["name"]):
-        name = _find(root, ["name"])
-        b.error(name, f"the name is the bot's speaker tag unless `bot_speaker` is set, and {d['name']!r} would "
-                      "break the speaker format: set bot_speaker")
+    tag = "nickname" if d.get("nickname") else "name"
+    if "bot_speaker" not in d and _SPEAKER_BREAKERS.search(d[tag]):
+        b.error(_find(root, [tag]) or root, f"the {tag} is the bot's speaker tag unless `bot_speaker` is set, and "
+                                            f"{d[tag]!r} would break the speaker format: set bot_speaker")
         return None
     return Persona(**d)
 

@@ -1,4 +1,4 @@
-"""The persona schema: Character Card V2 one-to-one plus the XDAI fields, as plain dataclasses.
+"""The persona schema: Character Card V3 (a superset of V2) one-to-one plus the XDAI fields, as plain dataclasses.
 
 A `Persona` is what a YAML file (`xdai.persona.parse`) or a card (`xdai.persona.card`) becomes; prompts, turns and
 bots read it. Problems found while reading one are `PersonaIssue`s, raised together as a `PersonaError`.
@@ -121,6 +121,7 @@ class BookEntry:
     secondary_keys: list[str] = field(default_factory=list)
     constant: bool = False
     position: Position = "before_char"
+    use_regex: bool = False  # Card V3: keys are regular expressions
     card_extra: dict[str, Any] = field(default_factory=dict)
     given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
@@ -184,6 +185,26 @@ class CharacterBook:
         return [e for _, e in sorted(fired.items(), key=lambda kv: (kv[1].insertion_order, kv[0]))]
 
 
+EMBEDDED = "embeded://"  # Card V3's scheme (spelled so) for a file inside the CHARX
+
+
+@dataclass
+class Asset:
+    """A Card V3 asset: an icon, background, emotion image... `uri` is ``embeded://path`` (a file stored with the
+    persona, in its assets folder), ``ccdefault:`` (the card's own image), or a URL."""
+
+    type: str
+    uri: str
+    name: str | None = None  # "main" marks the main icon or background
+    ext: str | None = None  # the file extension, lower case, without the dot
+    card_extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def embedded_path(self) -> str | None:
+        """The path inside the CHARX (and inside the persona's assets folder), for an ``embeded://`` asset."""
+        return self.uri[len(EMBEDDED):] if self.uri.startswith(EMBEDDED) else None
+
+
 # Keys of `generation` beyond GenerationSettings: reranking by the grounded post-response and inverse prompting.
 RERANK_DEFAULTS: dict[str, Any] = {"rerank": 0, "inverse_prompting": False, "inverse_weight": 1.0}
 
@@ -206,6 +227,14 @@ class Persona:
     character_version: str = ""
     extensions: dict[str, Any] = field(default_factory=dict)
     character_book: CharacterBook | None = None
+    # Character Card V3 additions (None: the card did not have the field)
+    nickname: str | None = None  # {{char}} in prompts, and the default speaker tag, when set
+    creator_notes_multilingual: dict[str, str] | None = None  # ISO 639-1 code -> notes; for people only
+    source: list[str] | None = None  # where the card comes from: ids or URLs
+    group_only_greetings: list[str] = field(default_factory=list)
+    creation_date: int | float | None = None  # Unix seconds
+    modification_date: int | float | None = None
+    assets: list[Asset] | None = None  # None: the card's own image is its icon
     # XDAI fields
     language: Literal["zh", "en"] = "zh"
     bot_speaker: str = ""  # "" -> name
@@ -221,8 +250,17 @@ class Persona:
     path: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        self.bot_speaker = self.bot_speaker or self.name
+        self.bot_speaker = self.bot_speaker or self.default_bot_speaker()
         self.user_speaker = self.user_speaker or default_user_speaker(self.language)
+
+    def default_bot_speaker(self) -> str:
+        """The speaker tag unless `bot_speaker` says otherwise: the nickname (Card V3) or the name."""
+        return self.nickname or self.name
+
+    @property
+    def assets_dir(self) -> Path | None:
+        """Where the files of ``embeded://`` assets live: NAME.assets/ beside the persona file NAME.yaml."""
+        return self.path.with_name(self.path.stem + ".assets") if self.path is not None else None
 
     def greeting(self, choice: int = 0) -> str:
         """The opening line: first_mes (choice 0) or an alternate greeting (choice 1..n), macros filled."""
@@ -259,11 +297,23 @@ class Persona:
 
         return _to_card(self)
 
+    def to_card_v3(self) -> dict[str, Any]:
+        from xdai.persona.card import _to_card
+
+        return _to_card(self, v3=True)
+
     @classmethod
     def from_card_v2(cls, card: dict[str, Any], source: str = "<card>") -> Persona:
         from xdai.persona.card import _from_card
 
         return _from_card(card, source)
+
+    @classmethod
+    def from_card(cls, card: dict[str, Any], source: str = "<card>") -> Persona:
+        """A persona from a Card V1, V2 or V3 (told apart by `spec`)."""
+        from xdai.persona.card import _from_card
+
+        return _from_card(card, source, any_version=True)
 
     def to_yaml(self) -> str:
         from xdai.persona.dump import dump_persona_yaml

@@ -141,8 +141,9 @@ def test_cli_check_fails_with_every_error_and_a_summary(cli, write_yaml) -> None
         f"{bad}:2:20: selection.alpha: expected a number from 0.0 to 1.0, got the string 'high'",
         f"{bad}:3:1: unknown key 'foo' (known: name, description, personality, scenario, first_mes, "
         "alternate_greetings, mes_example, system_prompt, post_history_instructions, creator_notes, tags, creator, "
-        "character_version, extensions, character_book, language, bot_speaker, user_speaker, knowledge, selection, "
-        "conditions, generation, safety, card_extra); put custom data under `extensions`",
+        "character_version, extensions, character_book, nickname, creator_notes_multilingual, source, "
+        "group_only_greetings, creation_date, modification_date, assets, language, bot_speaker, user_speaker, "
+        "knowledge, selection, conditions, generation, safety, card_extra); put custom data under `extensions`",
         "persona check: 2 files, 2 errors, 0 warnings: FAILED",
     ]
 
