@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -125,27 +127,89 @@ class BookEntry:
     card_extra: dict[str, Any] = field(default_factory=dict)
     given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
+    @property
+    def entry_id(self) -> str:
+        """A stable id for the page and /explain: the card's `id`, else the entry's `name`, else a digest of its
+        keys and content (the same entry gets the same id on every load)."""
+        if self.id is not None and self.id != "":
+            return str(self.id)
+        if self.name:
+            return self.name
+        digest = hashlib.sha1("\x1f".join([*self.keys, "\x1e", self.content]).encode("utf-8")).hexdigest()
+        return f"k{digest[:8]}"
+
+    @property
+    def regex(self) -> bool:
+        """Keys are regular expressions: Card V3's `use_regex` (or the same key kept from a V2 card)."""
+        return self.use_regex or self.card_extra.get("use_regex") is True
+
+    @property
+    def whole_words(self) -> bool:
+        """Latin-script keys match whole words ("ski" not in "skier"), unless the entry's extensions say
+        ``match_whole_words: false`` (SillyTavern's per-entry switch). Keys in other scripts match anywhere."""
+        return self.extensions.get("match_whole_words") is not False
+
     def matches(self, text: str) -> bool:
         """Whether the keys (and, for a selective entry, the secondary keys) trigger on `text`."""
-        if not self._any_key(self.keys, text):
-            return False
-        if not self.selective or not self.secondary_keys:
-            return True
-        hits = [self._any_key([k], text) for k in self.secondary_keys if k]
+        return self.matched_key(text) is not None
+
+    def matched_key(self, text: str) -> str | None:
+        """The key that triggers this entry on `text` (honouring selective logic), or None."""
+        key = next((k for k in self.keys if k and self._key_in(k, text)), None)
+        if key is None or not self.selective or not self.secondary_keys or self.regex:
+            return key  # V3: secondary keys are ignored when keys are regexes
+        hits = [self._key_in(k, text) for k in self.secondary_keys if k]
         logic = self.extensions.get("selectiveLogic", AND_ANY)
         if logic == NOT_ALL:
-            return not all(hits)
-        if logic == NOT_ANY:
-            return not any(hits)
-        if logic == AND_ALL:
-            return all(hits)
-        return any(hits)
+            ok = not all(hits)
+        elif logic == NOT_ANY:
+            ok = not any(hits)
+        elif logic == AND_ALL:
+            ok = all(hits)
+        else:
+            ok = any(hits)
+        return key if ok else None
 
-    def _any_key(self, keys: Iterable[str], text: str) -> bool:
+    def _key_in(self, key: str, text: str) -> bool:
+        flags = 0 if self.case_sensitive else re.IGNORECASE
+        if self.regex:
+            pattern = _compile(key, flags)
+            return pattern is not None and pattern.search(text[:_MAX_SCAN]) is not None  # invalid: no match (V3)
+        if self.whole_words and (_LATIN.match(key[0]) or _LATIN.match(key[-1])):
+            start = r"(?<![A-Za-z0-9_\u00c0-\u024f])" if _LATIN.match(key[0]) else ""  # no Latin letter before
+            end = r"(?![A-Za-z0-9_\u00c0-\u024f])" if _LATIN.match(key[-1]) else ""  # nor after
+            return re.search(start + re.escape(key) + end, text, flags) is not None
         if self.case_sensitive:
-            return any(k and k in text for k in keys)
-        folded = text.casefold()
-        return any(k and k.casefold() in folded for k in keys)
+            return key in text
+        return key.casefold() in text.casefold()
+
+
+_LATIN = re.compile(r"[A-Za-z0-9\u00c0-\u024f]")  # a key edge in Latin script (letters, digits, accents)
+_MAX_SCAN = 20_000  # characters a regex key scans: the recent messages, never a whole document
+
+
+def _compile(pattern: str, flags: int) -> re.Pattern[str] | None:
+    try:
+        return _compiled(pattern, flags)
+    except re.error:
+        return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(pattern: str, flags: int) -> re.Pattern[str]:
+    return re.compile(pattern, flags)
+
+
+@dataclass(frozen=True)
+class LoreHit:
+    """Why a lorebook entry fired: its stable id, the key that matched (None: constant), how many messages
+    back it matched (0: the newest; -1: through another entry's content), and a score in (0, 1]."""
+
+    entry: BookEntry
+    id: str
+    key: str | None
+    age: int
+    score: float
 
 
 @dataclass
@@ -163,26 +227,48 @@ class CharacterBook:
         """Entries to insert given the most recent messages (oldest first).
 
         Constant entries always fire; others fire when a key occurs in the last `scan_depth` texts (all given
-        texts when unset), honouring case sensitivity and, for selective entries, the secondary keys. With
-        `recursive_scanning`, fired entries' content is scanned too. Disabled entries never fire. The result is
-        ordered by insertion_order (ties keep file order)."""
+        texts when unset), honouring case sensitivity, whole words for Latin-script keys, regex keys and, for
+        selective entries, the secondary keys. With `recursive_scanning`, fired entries' content is scanned too.
+        Disabled entries never fire. The result is ordered by insertion_order (ties keep file order)."""
+        return [hit.entry for hit in self.activate(recent_texts)]
+
+    def activate(self, recent_texts: list[str], decay: float = 0.75) -> list[LoreHit]:
+        """`triggered`, with why: each entry's id, matched key and a score, ``decay ** age`` for a key found
+        `age` messages back (the newest message scores 1), 1 for a constant entry, and half the score of the
+        entry whose content it was found in when found by recursion. Same order as `triggered`."""
         texts = list(recent_texts)
         if self.scan_depth is not None:
             texts = texts[-self.scan_depth :] if self.scan_depth > 0 else []
-        haystack = "\n".join(texts)
-        fired: dict[int, BookEntry] = {}
-        while True:
-            new = [
-                i
-                for i, e in enumerate(self.entries)
-                if i not in fired and e.enabled and (e.constant or e.matches(haystack))
-            ]
-            for i in new:
-                fired[i] = self.entries[i]
-            if not new or not self.recursive_scanning:
-                break
-            haystack += "\n" + "\n".join(self.entries[i].content for i in new)
-        return [e for _, e in sorted(fired.items(), key=lambda kv: (kv[1].insertion_order, kv[0]))]
+        fired: dict[int, LoreHit] = {}
+        for i, e in enumerate(self.entries):
+            if not e.enabled:
+                continue
+            if e.constant:
+                fired[i] = LoreHit(e, e.entry_id, None, 0, 1.0)
+                continue
+            for age, text in enumerate(reversed(texts)):
+                key = e.matched_key(text)
+                if key is not None:
+                    fired[i] = LoreHit(e, e.entry_id, key, age, decay ** age)
+                    break
+            else:  # a selective entry may need its keys and secondary keys in different messages
+                key = e.matched_key("\n".join(texts)) if texts else None
+                if key is not None:
+                    fired[i] = LoreHit(e, e.entry_id, key, len(texts) - 1, decay ** (len(texts) - 1))
+        frontier = dict(fired)
+        while self.recursive_scanning and frontier:
+            found: dict[int, LoreHit] = {}
+            for i, e in enumerate(self.entries):
+                if i in fired or not e.enabled:
+                    continue
+                for hit in frontier.values():
+                    key = e.matched_key(hit.entry.content)
+                    if key is not None:
+                        found[i] = LoreHit(e, e.entry_id, key, -1, hit.score / 2)
+                        break
+            fired.update(found)
+            frontier = found
+        return [h for _, h in sorted(fired.items(), key=lambda kv: (kv[1].entry.insertion_order, kv[0]))]
 
 
 EMBEDDED = "embeded://"  # Card V3's scheme (spelled so) for a file inside the CHARX

@@ -17,9 +17,10 @@ def test_keys_case_constant_disabled_and_order() -> None:
         BookEntry(name="off", keys=["ski"], content="...", insertion_order=0, enabled=False),
         BookEntry(name="off-constant", keys=[], content="...", constant=True, enabled=False),
     ])
-    assert names(book, ["I love SKIING"]) == ["always", "ski"]  # case-insensitive by default
+    assert names(book, ["I love to SKI"]) == ["always", "ski"]  # case-insensitive by default
+    assert names(book, ["I love SKIING", "a skier"]) == ["always"]  # Latin keys match whole words (issue 12)
     assert names(book, ["我想去滑雪", "glm is great"]) == ["always", "ski"]  # "exact" needs "GLM"
-    assert names(book, ["GLM is great", "skiing"]) == ["exact", "always", "ski"]  # by insertion_order
+    assert names(book, ["GLM is great", "ski trip"]) == ["exact", "always", "ski"]  # by insertion_order
     assert names(book, []) == ["always"]
 
 
@@ -77,3 +78,52 @@ def test_macros_and_generation_overrides() -> None:
     assert p.rerank_options() == {"rerank": 2, "inverse_prompting": False, "inverse_weight": 1.0}
     s.stop.append("x")
     assert p.generation["stop"] == ["用户："]  # settings never alias the persona's lists
+
+
+def test_latin_keys_match_whole_words_other_scripts_anywhere() -> None:
+    book = CharacterBook(entries=[
+        BookEntry(name="ski", keys=["ski"], content="..."),
+        BookEntry(name="glm", keys=["GLM"], content="...", case_sensitive=True),
+        BookEntry(name="雪", keys=["滑雪"], content="..."),
+        BookEntry(name="mixed", keys=["K歌"], content="..."),
+        BookEntry(name="loose", keys=["ski"], content="...", extensions={"match_whole_words": False}),
+    ])
+    assert names(book, ["北京有什么好吃的？skier们都去哪？"]) == ["loose"]  # the issue's case: not "ski"
+    assert names(book, ["Ski, then hotpot."]) == ["ski", "loose"]  # punctuation is a boundary
+    assert names(book, ["我爱滑雪场"]) == ["雪"]  # Chinese keys need no boundary
+    assert names(book, ["GLM-130B"]) == ["glm"] and names(book, ["GLMs"]) == []
+    assert names(book, ["去K歌吗", "OK歌"]) == ["mixed"]  # a Latin edge needs its boundary, the other does not
+    assert names(book, ["ski_lift"]) == ["loose"]  # "_" joins words too
+
+
+def test_regex_keys_are_opt_in() -> None:
+    regex = BookEntry(name="wolf", keys=[r"\bwol(f|ves)\b"], content="...", use_regex=True)
+    literal = BookEntry(name="literal", keys=[r"\bwol(f|ves)\b"], content="...")
+    broken = BookEntry(name="broken", keys=["(unclosed"], content="...", use_regex=True)
+    book = CharacterBook(entries=[regex, literal, broken])
+    assert names(book, ["The WOLVES howl"]) == ["wolf"]  # case-insensitive unless case_sensitive
+    assert names(book, [r"a \bwol(f|ves)\b key"]) == ["literal"]  # without use_regex: the text itself
+    assert names(book, ["(unclosed"]) == []  # an invalid pattern never matches (Card V3)
+    regex.case_sensitive = True
+    assert names(book, ["The WOLVES howl"]) == [] and names(book, ["a wolf"]) == ["wolf"]
+    v2 = BookEntry(name="v2", keys=["^hi"], content="...", card_extra={"use_regex": True})  # kept from a V2 card
+    assert names(CharacterBook(entries=[v2]), ["hi there"]) == ["v2"]
+
+
+def test_entries_have_stable_ids_and_real_scores() -> None:
+    book = CharacterBook(recursive_scanning=True, entries=[
+        BookEntry(keys=["金箍棒"], content="金箍棒原是东海的定海神针。", id=7),
+        BookEntry(keys=["东海"], content="东海龙王住在水晶宫。", name="sea"),
+        BookEntry(keys=["hotpot"], content="重庆火锅很辣。"),
+        BookEntry(keys=[], content="总在。", constant=True),
+    ])
+    hits = book.activate(["我们吃hotpot吧", "好", "金箍棒呢？"])
+    by_id = {h.id: h for h in hits}
+    anon = BookEntry(keys=["hotpot"], content="重庆火锅很辣。").entry_id
+    assert anon.startswith("k") and len(anon) == 9 and anon == book.entries[2].entry_id  # same on every load
+    assert set(by_id) == {"7", "sea", anon, book.entries[3].entry_id}
+    assert (by_id["7"].key, by_id["7"].age, by_id["7"].score) == ("金箍棒", 0, 1.0)  # in the newest message
+    assert (by_id[anon].key, by_id[anon].age, by_id[anon].score) == ("hotpot", 2, 0.75 ** 2)
+    assert (by_id["sea"].key, by_id["sea"].age, by_id["sea"].score) == ("东海", -1, 0.5)  # through 7's content
+    assert by_id[book.entries[3].entry_id].score == 1.0 and by_id[book.entries[3].entry_id].key is None
+    assert [h.entry for h in hits] == book.triggered(["我们吃hotpot吧", "好", "金箍棒呢？"])
