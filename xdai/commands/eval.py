@@ -9,10 +9,15 @@ from pathlib import Path
 
 import click
 
+from xdai.commands.pairs import pairs_group
+
 
 @click.group("eval")
 def eval_group() -> None:
     """Evaluate dialogue quality (KdConv replay, ablations)."""
+
+
+eval_group.add_command(pairs_group)  # xdai eval pairs build|report|judge
 
 
 @eval_group.command("kdconv")

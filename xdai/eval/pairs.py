@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,16 @@ CHOICES = ("left", "right", "tie", "skip")
 
 class StudyError(ValueError):
     """A study, report or judgment is malformed; the message names the file or field."""
+
+
+STUDY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")  # also its file name (<id>.json) and its link
+
+
+def study_file(eval_dir: str | Path, study_id: str) -> Path:
+    """Where study `study_id` lives under `eval_dir`; a name that could leave the folder is refused."""
+    if not STUDY_ID.match(study_id) or ".." in study_id:
+        raise StudyError(f"study id {study_id!r}: use letters, digits, '_', '-' or '.' (at most 100)")
+    return Path(eval_dir) / f"{study_id}.json"
 
 
 @dataclass(frozen=True)
