@@ -22,7 +22,12 @@ class GenerationSettings:
 
 @dataclass
 class Infill:
-    """`before` [MASK] `after`. `after` is the grounded post-response (None when no condition is active)."""
+    """`before` [MASK] `after`. `after` is the grounded post-response (None when no condition is active).
+
+    `special`: the text was rendered through the model's chat template (`xdai.render`), so the template's marker
+    spellings in it are the model's special tokens; everything from outside was escaped first. False: all text is
+    data, and a marker spelling stays plain text."""
 
     before: str
     after: str | None = None
+    special: bool = False

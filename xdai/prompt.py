@@ -129,6 +129,9 @@ class Prompt:
     condition: str | None = None
     language: str = "zh"
     suggestions: list[str] = field(default_factory=list)
+    rendering: str = "transcript"  # how the model reads it (`xdai.render`); set by the agent
+    rendered: Infill | None = None  # ...and the text it reads; None: the transcript, `render()`
+    rerank: dict[str, Any] | None = None  # the candidates and their scores, when the reply was reranked
 
     @property
     def tokens(self) -> int:
@@ -140,15 +143,27 @@ class Prompt:
         post = [p.text for p in self.parts if p.kind == "post_response"]
         return Infill(before=before, after=("\n" + post[0]) if post else None)
 
+    def for_model(self) -> Infill:
+        """What the model reads: the rendering the agent chose for it (`xdai.render`), else the transcript."""
+        return self.rendered if self.rendered is not None else self.render()
+
     @property
     def text(self) -> str:
         """The whole prompt as a person reads it, [MASK] included."""
         infill = self.render()
         return f"{infill.before}{MASK}{infill.after or ''}"
 
+    @property
+    def model_text(self) -> str:
+        """The prompt as the model reads it (its rendering), the reply's place marked [MASK]."""
+        infill = self.for_model()
+        return f"{infill.before}{MASK}{infill.after or ''}"
+
     def stop_sequences(self) -> list[str]:
-        """Where a reply ends: the next line of either speaker."""
-        return [f"\n{s}{sep}" for s in (self.user_speaker, self.bot_speaker) for sep in ("：", ":")]
+        """Where a reply ends: the next line of either speaker, or an example dialogue's label (a reply must
+        never carry one: "（示例对话）" at the end of a follow-up was the model starting the next example)."""
+        tags = [f"\n{s}{sep}" for s in (self.user_speaker, self.bot_speaker) for sep in ("：", ":")]
+        return tags + [EXAMPLE_LABELS[lang] for lang in ("zh", "en")]
 
     def grounding(self) -> list[dict[str, Any]]:
         """The knowledge the reply is grounded on: {source_id, kind, score, text} per knowledge/background part."""
@@ -175,6 +190,10 @@ class Prompt:
             "tokens": self.tokens,
             "text": self.text,
             "infill": {"before": self.render().before, "after": self.render().after},
+            "rendering": self.rendering,
+            "rendered": {"before": self.for_model().before, "after": self.for_model().after,
+                         "special": self.for_model().special},
+            "rerank": self.rerank,
             "parts": [p.to_json() for p in self.parts],
             "dropped": [p.to_json() for p in self.dropped],
             "history": [s.to_json() for s in self.selection],
@@ -274,17 +293,21 @@ class Knowledge:
             "source_file": self.source_file,
             "source_record": self.source_record,
             "text": self.text,
+            "q": self.q,
+            "a": self.a,
+            "title": self.title,
         }
 
 
+EXAMPLE_LABELS = {"zh": "（示例对话）", "en": "(example dialogue)"}
 _HEADER = {
-    "zh": ("以下是{bot}和{user}的对话。", "{bot}的性格：{text}", "场景：{text}", "背景知识：{text}", "（示例对话）"),
+    "zh": ("以下是{bot}和{user}的对话。", "{bot}的性格：{text}", "场景：{text}", "背景知识：{text}", EXAMPLE_LABELS["zh"]),
     "en": (
         "The following is a conversation between {bot} and {user}.",
         "{bot}'s personality: {text}",
         "Scenario: {text}",
         "Background: {text}",
-        "(example dialogue)",
+        EXAMPLE_LABELS["en"],
     ),
 }
 

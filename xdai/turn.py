@@ -22,6 +22,7 @@ from xdai.backends.base import Backend, GenerationSettings
 from xdai.backends.stream import TurnFilter
 from xdai.history import History, ScoredExchange, select_history_by_decayed_similarity
 from xdai.prompt import Knowledge, Prompt, PromptBuilder, estimate_tokens
+from xdai.render import renderer_for
 from xdai.responder import BotEvent, Delta, Reply, Responder, TurnEvent
 
 __all__ = ["Agent", "BotEvent", "Delta", "NamedStore", "Reply", "Responder", "StoreNotFound", "TurnEvent",
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 FREE_CONDITION_PREFIX = "text:"
-GROUNDING_WEIGHT = 5.0  # reranking: a fully grounded candidate gains what ~1.5 nats/char of likelihood would
 RETRIEVE_SLACK = 6  # extra hits per query, so that both QA pairs and descriptions survive the kind split
 ES_PREFIX = "elasticsearch:"  # a knowledge name "elasticsearch:ALIAS" opens an ElasticStore ($XDAI_ES_URL)
 
@@ -59,7 +59,10 @@ class Agent(Responder):
         backend: Backend | None,
         embedder: Embedder | None = None,
         knowledge_settings: KnowledgeSettings | None = None,
+        rendering: str = "auto",
     ) -> None:
+        """`rendering`: how the prompt is laid out for the model (`xdai.render`): "auto" picks by the backend and
+        its model; "transcript", "chat" or "glm" force one (measurement)."""
         self.persona = persona
         self.backend = backend
         self.embedder = embedder if embedder is not None else shared_embedder("default")
@@ -71,6 +74,7 @@ class Agent(Responder):
         count = getattr(backend, "count_tokens", None)
         self.count_tokens = count if callable(count) else estimate_tokens
         self.builder = PromptBuilder(persona, count_tokens=self.count_tokens)
+        self.renderer = renderer_for(backend, rendering)
         self.use_knowledge = True  # evaluation ablations switch these off
         self.use_selection = True
 
@@ -158,6 +162,7 @@ class Agent(Responder):
         )
         # Questions the user might ask next: the other QA pairs retrieved for this utterance.
         prompt.suggestions = [k.q for k in qa[1:] if k.q][:3] if self.use_knowledge and self.stores else []
+        prompt.rendering, prompt.rendered = self.renderer.name, self.renderer.render(prompt)
         return prompt
 
     async def respond(
@@ -173,18 +178,20 @@ class Agent(Responder):
         keeps nothing per session: `session` is for flows (`xdai.flows.FlowAgent`)."""
         prompt = self.build_prompt(history, utterance, condition=condition)
         settings = self.generation_settings(prompt)
-        usage = {"prompt_tokens": self.count_tokens(prompt.render().before), "completion_tokens": 0}
+        usage = {"prompt_tokens": self.count_tokens(prompt.for_model().before), "completion_tokens": 0}
         if self.backend is None:
             raise RuntimeError("this Agent has no backend: build it with a backend to generate replies")
         filt = ReplyFilter(prompt.stop_sequences(), _safety(self.persona))
         finish, error = "stop", None
-        reranked = self._rerank_count() > 1 or bool(self._gen("inverse_prompting", False))
+        # A persona that must not guess has every reply checked (`xdai.choose`), even a single sample.
+        reranked = (self._rerank_count() > 1 or bool(self._gen("inverse_prompting", False))
+                    or bool(self.persona.generation.get("must_not_guess", False)))
         pieces: Any = None
         try:
             if reranked:
                 pieces = self._reranked(prompt, settings, utterance)
             else:
-                pieces = self.backend.fill(prompt.render(), settings)
+                pieces = self.backend.fill(prompt.for_model(), settings)
             async for piece in _until_cancelled(pieces, cancel):
                 usage["completion_tokens"] += self._piece_tokens(piece)
                 out = filt.feed(piece)
@@ -342,31 +349,36 @@ class Agent(Responder):
         return 1 if piece else 0
 
     async def _reranked(self, prompt: Prompt, settings: GenerationSettings, utterance: str) -> AsyncIterator[str]:
-        """Sample n candidates, rescore them (`xdai.rerank`: post-response likelihood, inverse prompting) plus a
-        grounding term, and yield the best.
+        """Sample n candidates, score them by the model (`xdai.rerank`: likelihood, post-response likelihood,
+        inverse prompting) and by the facts the prompt was given (`xdai.choose`: grounding, unsupported claims,
+        contradictions, copied examples, weighted as the persona says), and yield the best, or the fallback when
+        every candidate asserts something unsupported. The choice is kept on the prompt (`Prompt.rerank`)."""
+        import dataclasses
 
-        The grounding term, GROUNDING_WEIGHT x the share of a candidate's tokens found in the knowledge injected for
-        this turn, prefers the candidate that uses what the prompt was given; with no knowledge it is 0 for all.
-        """
         from xdai import rerank
-        from xdai.eval.metrics import tokens
+        from xdai.choose import ChoiceWeights, choose
 
+        weights = ChoiceWeights.of(self.persona)
         inverse = None
         if self._gen("inverse_prompting", False) and utterance.strip():
             inverse = rerank.InversePrompt.for_language(
                 utterance, self.persona.language, float(self._gen("inverse_weight", 1.0))
             )
         result = await rerank.generate_reranked(
-            self.backend, prompt.render(), settings, max(self._rerank_count(), 1), inverse=inverse
+            self.backend, prompt.for_model(), settings, max(self._rerank_count(), 1), inverse=inverse,
+            post_weight=weights.post, forward_weight=weights.likelihood,
         )
-        known = set(tokens(" ".join(g["text"] for g in prompt.grounding() if g["kind"] != "lore")))
+        stops = prompt.stop_sequences()
+        seen = [dataclasses.replace(c, text=_turn_text(c.text, stops)) for c in result.candidates]
+        choice = choose(seen, prompt, weights)
+        prompt.rerank = choice.to_json()
+        yield choice.text
 
-        def grounded(text: str) -> float:
-            toks = tokens(text)
-            return sum(t in known for t in toks) / len(toks) if toks else 0.0
 
-        best = max(result.candidates, key=lambda c: c.total + GROUNDING_WEIGHT * grounded(c.text))
-        yield best.text
+def _turn_text(text: str, stops: Sequence[str]) -> str:
+    """What the user would see of a raw candidate: the bot's turn only (`TurnFilter`), one line."""
+    turn = TurnFilter(stops, single_line=True)
+    return (turn.feed(text) + turn.finish()).strip()
 
 
 def relevance_of(hit: Any) -> float:

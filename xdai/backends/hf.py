@@ -7,6 +7,8 @@ and leaves the post-response to reranking. Loaded models are cached per process,
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -92,8 +94,20 @@ class HFBackend:
         self._input_device = next(module.parameters()).device
         self.n_ctx = int(getattr(self._config, "max_position_embeddings", 0) or 0) or None
 
-    def tokenize(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+    def tokenize(self, text: str, special: bool = False) -> list[int]:
+        """`special`: a chat-template rendering (`Infill.special`), which carries its own BOS where the template
+        wants one, so none is added."""
+        return list(self.tokenizer(text, add_special_tokens=not special)["input_ids"])
+
+    @property
+    def chat_template(self) -> str | None:
+        """The tokenizer's chat template (Jinja2), None for a base model without one."""
+        template = getattr(self.tokenizer, "chat_template", None)
+        return template if isinstance(template, str) and template.strip() else None
+
+    @property
+    def template_tokens(self) -> dict[str, str]:
+        return {"bos_token": self.tokenizer.bos_token or "", "eos_token": self.tokenizer.eos_token or ""}
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
@@ -104,10 +118,12 @@ class HFBackend:
 
     def fill(self, infill: Infill, settings: GenerationSettings) -> AsyncIterator[str]:
         """Stream the continuation of `infill.before`, trimmed to the bot's turn."""
-        return stream_in_thread(lambda emit, cancel: self._generate(infill.before, settings, emit, cancel))
+        return stream_in_thread(lambda emit, cancel: self._generate(infill.before, settings, emit, cancel,
+                                                                    infill.special))
 
-    def _generate(self, prompt: str, settings: GenerationSettings, emit: Emit, cancel: threading.Event) -> None:
-        ids = self.tokenize(prompt) or [self._separator()]
+    def _generate(self, prompt: str, settings: GenerationSettings, emit: Emit, cancel: threading.Event,
+                  special: bool = False) -> None:
+        ids = self.tokenize(prompt, special) or [self._separator()]
         if self.n_ctx and len(ids) + settings.max_tokens > self.n_ctx:  # keep the most recent tokens
             ids = ids[-max(self.n_ctx - settings.max_tokens, 1) :]
         input_ids = torch.tensor([ids], device=self._input_device)
@@ -133,12 +149,55 @@ class HFBackend:
                     **sampling,
                 )
 
-    def score(self, context: str, continuation: str) -> float:
+    def fill_candidates(self, infill: Infill, settings: list[GenerationSettings]) -> list[AsyncIterator[str]]:
+        """Rerank candidates in one `generate` call (`num_return_sequences`), which shares the prompt's forward
+        pass. Each stream yields its candidate's whole turn once the call returns; seeded, the first candidate's
+        seed seeds the batch. Candidates that differ in more than their seed are sampled in turn."""
+        base = settings[0]
+        if len(settings) == 1 or any(dataclasses.replace(s, seed=base.seed) != base for s in settings[1:]):
+            return [self.fill(infill, s) for s in settings]
+        shared: list[asyncio.Future[list[str]]] = []
+
+        async def candidate(i: int) -> AsyncIterator[str]:
+            if not shared:
+                shared.append(asyncio.ensure_future(asyncio.to_thread(
+                    self._generate_many, infill.before, base, len(settings), infill.special)))
+            text = (await asyncio.shield(shared[0]))[i]
+            if text:
+                yield text
+
+        return [candidate(i) for i in range(len(settings))]
+
+    def _generate_many(self, prompt: str, settings: GenerationSettings, n: int, special: bool) -> list[str]:
+        if settings.temperature <= 0:  # greedy candidates are all the same candidate
+            pieces: list[str] = []
+            self._generate(prompt, settings, pieces.append, threading.Event(), special)
+            return ["".join(pieces)] * n
+        ids = self.tokenize(prompt, special) or [self._separator()]
+        if self.n_ctx and len(ids) + settings.max_tokens > self.n_ctx:
+            ids = ids[-max(self.n_ctx - settings.max_tokens, 1) :]
+        input_ids = torch.tensor([ids], device=self._input_device)
+        eos = self.tokenizer.eos_token_id
+        with self._lock:
+            if settings.seed is not None:
+                torch.manual_seed(settings.seed)
+            with torch.inference_mode():
+                out = self.lm.generate(
+                    input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=settings.max_tokens,
+                    repetition_penalty=settings.repetition_penalty, do_sample=True, temperature=settings.temperature,
+                    top_p=settings.top_p, top_k=settings.top_k, num_return_sequences=n,
+                    stopping_criteria=StoppingCriteriaList([_RowsEnded(self.tokenizer, settings.stop, len(ids))]),
+                    pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos,
+                )
+        return [_turn_of(self.tokenizer.decode(row[len(ids) :], skip_special_tokens=True), settings.stop)
+                for row in out]
+
+    def score(self, context: str, continuation: str, special: bool = False) -> float:
         """Sum of log P(continuation tokens | context), with the boundary rule of `xdai.backends.scoring`."""
         if not continuation:
             return 0.0
-        full = self.tokenize(context + continuation)
-        start = continuation_start(self.tokenize(context), full)
+        full = self.tokenize(context + continuation, special)
+        start = continuation_start(self.tokenize(context, special), full)
         if start == 0:  # nothing to condition the first token on: use the model's document separator
             full, start = [self._separator(), *full], 1
         input_ids = torch.tensor([full], device=self._input_device)
@@ -155,6 +214,26 @@ class _StopWhen(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         return torch.full((input_ids.shape[0],), self.flag(), dtype=torch.bool, device=input_ids.device)
+
+
+def _turn_of(text: str, stop: list[str]) -> str:
+    turn = TurnFilter(stop)
+    return turn.feed(text) + turn.finish()
+
+
+class _RowsEnded(StoppingCriteria):
+    """Per row of a batch: has its candidate's turn ended (a stop string or, once begun, a line break)?"""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: list[str], prompt_len: int):
+        self.tokenizer, self.stop, self.prompt_len = tokenizer, stop, prompt_len
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        done = []
+        for row in input_ids:
+            turn = TurnFilter(self.stop)
+            turn.feed(self.tokenizer.decode(row[self.prompt_len :], skip_special_tokens=True))
+            done.append(turn.done)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 class _TurnStreamer(BaseStreamer):

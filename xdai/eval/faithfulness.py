@@ -20,6 +20,19 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 ENTITY_FLAGS = {"nr", "nrfg", "nrt", "ns", "nt", "nz"}
+# The common surnames: a dictionary word jieba tags as a person's name is one only when it starts with one.
+SURNAMES = set(
+    "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈姚卢姜崔钟谭"
+    "陆汪范金石廖贾夏韦付方白邹孟熊秦邱江尹薛闫段雷侯龙史陶黎贺顾毛郝龚邵万钱严覃武戴莫孔向汤常温康施文牛樊葛邢安齐易"
+    "乔伍庞颜倪庄聂章鲁岳翟殷詹申欧耿关兰焦俞左柳甘祝包宁尚符舒阮柯纪梅童凌毕单季裴霍涂成苗谷盛曲翁冉骆蓝路游辛靳管柴"
+    "蒙鲍华喻祁蒲房滕屈饶解牟艾尤阳时穆农司卓古吉缪简车项连芦麦褚娄窦戚岑景党宫费卜冷晏席卫米柏宗瞿桂全佟应臧闵苟邬"
+    "边卞姬师和仇栾隋商刁沙荣巫寇桑郎甄丛仲虞敖巩明佘池查麻苑迟邝官封谈匡鞠惠荆乐冀郁胥南班储原栗燕楚鄢劳谌奚皮粟冼"
+    "蔺楼盘满闻位厉伊仝区郜海阚花权强帅屠豆朴盖练廉禹井祖漆巴丰支卿国狄平计索宣晋相初门云容敬来扈晁芮都普阙浦戈伏鹿"
+    "薄邸雍辜羊阿乌母裘亓修邰赫杭况那宿鲜印逯隆茹诸战慕危玉银亢嵇公哈湛宾戎勾茅利於呼居揭干但尉冶斯元束檀衣信展阴昝"
+    "智幸奉植衡富尧闭由"
+)
+COMPOUND_SURNAMES = {"欧阳", "司马", "诸葛", "上官", "东方", "皇甫", "尉迟", "公孙", "慕容", "长孙", "宇文", "司徒", "夏侯",
+                     "令狐", "独孤", "端木", "西门", "南宫", "轩辕"}
 CN_DIGITS = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
 CN_UNITS = {"十": 10, "百": 100, "千": 1000, "万": 10_000, "亿": 100_000_000}
 EN_NUMBERS = {
@@ -178,12 +191,28 @@ def _posseg():  # jieba loads its dictionary on first use (~1 s); keep that off 
     return jieba.posseg
 
 
+def _person_like(word: str) -> bool:
+    """Whether a word jieba tags as a person's name looks like one. Its dictionary tags everyday words so (滑雪,
+    太棒了 are "nr"): a dictionary word counts only when it starts with a surname (or 老/小/阿 + surname); a word
+    jieba found outside its dictionary (谷爱凌) counts as it is."""
+    import jieba
+
+    if word not in jieba.dt.FREQ:
+        return True
+    if word[:2] in COMPOUND_SURNAMES or word[0] in SURNAMES:
+        return True
+    return word[0] in "老小阿" and len(word) >= 2 and word[1] in SURNAMES
+
+
 def _entity_claims(text: str) -> list[Claim]:
     out: list[Claim] = []
     if re.search(r"[\u4e00-\u9fff]", text):
         for pair in _posseg().cut(text):
             if pair.flag in ENTITY_FLAGS and len(pair.word) >= 2 and not re.search(r"[A-Za-z0-9]", pair.word):
-                out.append(Claim(pair.word, "entity", pair.word))
+                word = pair.word[1:] if pair.word[0] in "和与跟同及" and len(pair.word) > 2 else pair.word
+                if pair.flag in ("nr", "nrfg") and not _person_like(word):
+                    continue
+                out.append(Claim(word, "entity", word))
     for m in LATIN_NAME.finditer(text):
         words = m.group(0).split()
         while words and words[0] in NOT_NAMES:
