@@ -200,7 +200,8 @@ class Client:
                 return
             if kind == "response.end" and frame["finish_reason"] != "error":
                 return
-            if kind == "error" and (frame["code"] == "backend_error" or msg_id not in self._replies.values()):
+            if kind == "error" and (frame["code"] in ("backend_error", "storage_error")
+                                    or msg_id not in self._replies.values()):
                 return
 
     async def chat(self, text: str, *, id: str | None = None, timeout: float = 120.0, **fields: Any) -> ChatResult:

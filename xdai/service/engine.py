@@ -515,10 +515,10 @@ class Hub:
         self.pool.release()
         self.quota.release(turn.tags)
 
-    async def _write(self, fn: Callable[..., Any], *args: Any, reply_to: str | None = None) -> Any:
+    async def _write(self, fn: Callable[..., Any], *args: Any, reply_to: str | None = None, **kwargs: Any) -> Any:
         """A store write a client is waiting on: its failure is a retryable ``storage_error`` about `reply_to`."""
         try:
-            return await self.db(fn, *args)
+            return await self.db(fn, *args, **kwargs)
         except StorageError as exc:
             raise ProtocolError("storage_error", f"the session store failed ({_storage_words(exc)}); nothing was "
                                 "changed: retry shortly", retryable=True, reply_to=reply_to) from None

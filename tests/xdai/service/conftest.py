@@ -142,3 +142,24 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+async def start_scripted(tmp_path: Path, responder: Any = None, *, bots: dict[str, Any] | None = None,
+                         store: Any = None, **overrides: Any) -> Running:
+    """A real server hosting a `tests.fakes.ScriptedResponder` as bot "smol" (protocol tests need no model);
+    `bots` are the `BotInfo`s shown at /bots."""
+    from tests.fakes import ScriptedResponder
+    from xdai.service.protocol import BotInfo
+    from xdai.service.server import XdaiServer
+    from xdai.service.sessions import SQLiteSessionStore
+
+    cfg = server_config(tmp_path, **overrides)
+    store = store if store is not None else SQLiteSessionStore(cfg.sqlite_path)
+    server = XdaiServer(cfg, bots or {"smol": BotInfo("smol")}, {"smol": responder or ScriptedResponder()}, store)
+    await server.start()
+    return Running(server)
+
+
+def attached(server: Any) -> int:
+    """Sessions attached to a connection (none may stay attached once every client is gone)."""
+    return sum(1 for s in server.hub.sessions.values() if s.sink is not None)

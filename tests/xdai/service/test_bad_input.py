@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
+from tests.fakes import ScriptedResponder
 from xdai.client import Client
 
-from .conftest import Running, start_server
+from .conftest import Running, attached, start_scripted, start_server
 
 
 async def error_for(c: Client, data: str | bytes) -> dict[str, Any]:
@@ -183,5 +184,109 @@ async def test_idle_connections_time_out(tmp_path: Path, agent: Any, bot_specs: 
         opened = await again.open("smol", session_id=c.session_id, resume_from_seq=0, resume_token=c.resume_token)
         assert opened["resumed"] is True
         await again.close()
+    finally:
+        await r.server.shutdown()
+
+
+# ------------------------------------------------------------------ lone surrogates, numbers, nesting, types
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ('{"v":1,"type":"\\ud800"}', "type"),
+        ('{"v":1,"type":"message.create","id":"m1","text":"hi \\udfff there"}', "text"),
+        ('{"v":1,"type":"message.create","id":"m1","text":"hi","metadata":{"k":["ok","\\ud83d"]}}', "metadata.k.1"),
+        ('{"v":1,"type":"ping","\\udc00":1}', "\ufffd"),
+        ('{"v":1,"type":"session.open","bot":"smol","auth":"\\ud800"}', "auth"),
+    ],
+)
+async def test_lone_surrogates_are_invalid_frames_naming_the_field(tmp_path: Path, data: str, field: str) -> None:
+    r = await start_scripted(tmp_path)
+    try:
+        c = await r.client()
+        frame = await error_for(c, data)  # before: the connection died without a close frame
+        assert frame["code"] == "invalid_frame" and frame["field"] == field and "surrogate" in frame["message"]
+        await still_usable(c)
+        await c.open("smol")
+        await c.close()
+    finally:
+        await r.server.shutdown()
+
+
+async def test_echoed_values_are_sanitised_and_cut_short(tmp_path: Path) -> None:
+    r = await start_scripted(tmp_path)
+    try:
+        c = await r.client()
+        for data in (json.dumps({"v": 1, "type": "x" * 20_000}), '{"v":1,"type":"\\ud800' + "y" * 20_000 + '"}',
+                     '{"v":1,"type":"ping","' + "k" * 20_000 + '\\ud800":1}',
+                     json.dumps({"v": "\ud800" * 3, "type": "ping"}, ensure_ascii=True)):
+            frame = await error_for(c, data)
+            assert len(frame["message"]) <= 512 and len(frame.get("field", "")) <= 128
+            json.dumps(frame, ensure_ascii=False).encode("utf-8")  # encodable: it was sent
+        await still_usable(c)
+        await c.close()
+    finally:
+        await r.server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ('{"v":1,"type":"session.open","bot":"smol","resume_from_seq":9223372036854775808}', "resume_from_seq"),
+        ('{"v":1,"type":"session.open","bot":"smol","resume_from_seq":18446744073709551616}', "resume_from_seq"),
+        ('{"v":1,"type":"session.open","bot":"smol","resume_from_seq":9007199254740992}', "resume_from_seq"),
+        ('{"v":1,"type":"session.open","bot":"smol","resume_from_seq":' + "9" * 5000 + "}", "<frame>"),
+        ('{"v":1,"type":"ping","n":NaN}', "<frame>"),
+        ('{"v":1,"type":"ping","x":' + "[" * 32_000 + "]" * 32_000 + "}", "<frame>"),
+        ('{"v":1,"type":"message.create","id":"m1","text":"hi","metadata":' + '{"a":' * 5000 + "1"
+         + "}" * 5000 + "}", "<frame>"),
+        ('{"v":1,"type":"message.create","id":"m1","text":"hi","metadata":' + '{"a":' * 20 + "1"
+         + "}" * 20 + "}", "metadata.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a"),
+        ('{"v":1,"type":"message.create","id":"m1","text":"hi","condition":{}}', "condition"),
+        ('{"v":1,"type":"message.create","id":"m1","text":"hi","condition":["x"]}', "condition"),
+    ],
+)
+async def test_numbers_nesting_and_types_are_bounded(tmp_path: Path, data: str, field: str) -> None:
+    r = await start_scripted(tmp_path)
+    try:
+        c = await r.client()
+        resume = '"resume_from_seq"' in data
+        if resume:  # a real session to resume, so that only the number is wrong
+            owner = await r.opened()
+            data = data.replace('"bot":"smol"', f'"bot":"smol","session_id":"{owner.session_id}",'
+                                f'"resume_token":"{owner.resume_token}"')
+            await owner.close()
+        elif '"message.create"' in data:
+            await c.open("smol")
+        frame = await error_for(c, data)
+        assert frame["code"] == "invalid_frame" and frame["field"] == field, frame
+        await still_usable(c)
+        await c.close()
+        await asyncio.sleep(0.05)
+        assert attached(r.server) == 0  # before: the session stayed attached to the dead connection
+    finally:
+        await r.server.shutdown()
+
+
+async def test_no_error_path_leaks_an_attached_session(tmp_path: Path) -> None:
+    class FailingOnOpen(ScriptedResponder):
+        def open_session(self, session_id: str, history: Any, emit: Any = None, *, resumed: bool = False) -> list:
+            if resumed:
+                raise RuntimeError("flow failed on resume")
+            return []
+
+    r = await start_scripted(tmp_path, FailingOnOpen())
+    try:
+        owners = [await r.opened() for _ in range(5)]
+        for owner in owners:
+            await owner.close()
+        for owner in owners:
+            c = await r.client()
+            await c.send_frame("session.open", bot="smol", session_id=owner.session_id, resume_from_seq=0,
+                               resume_token=owner.resume_token)
+            frames = [await c.recv(10), await c.recv(10)]
+            assert frames[-1]["type"] == "error" and frames[-1]["code"] == "internal_error"
+            await c.close()
+        await asyncio.sleep(0.05)
+        assert attached(r.server) == 0
     finally:
         await r.server.shutdown()

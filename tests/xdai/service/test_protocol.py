@@ -38,6 +38,12 @@ def test_valid_client_frames_parse() -> None:
         ('{"v": 1, "type": "session.open", "bot": "Bad Name!"}', "invalid_frame", "bot"),
         ('{"v": 1, "type": "session.open", "bot": "x", "resume_from_seq": -1}', "invalid_frame", "resume_from_seq"),
         ('{"v": 1, "type": "response.cancel"}', "missing_field", "reply_to"),
+        ('{"v": 1, "type": "session.open", "bot": "x", "resume_from_seq": 9223372036854775808}', "invalid_frame",
+         "resume_from_seq"),
+        ('{"v": 1, "type": "message.create", "id": "m1", "text": "hi", "condition": {}}', "invalid_frame", "condition"),
+        ('{"v": 1, "type": "\\ud800"}', "invalid_frame", "type"),
+        ('{"v": 1, "type": "ping", "n": ' + "1" * 5000 + "}", "invalid_frame", "<frame>"),
+        ('{"v": 1, "type": "ping", "n": ' + "[" * 32000 + "]" * 32000 + "}", "invalid_frame", "<frame>"),
     ],
 )
 def test_bad_client_frames_name_the_problem(data: str, code: str, field: str | None) -> None:

@@ -3,7 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 const state = {
-  ws: null, bot: null, sessionId: null, lastSeq: 0, inFlight: null, unacked: null,
+  ws: null, bot: null, sessionId: null, resumeToken: null, lastSeq: 0, inFlight: null, unacked: null,
   retryDelay: 500, reconnectTimer: null, intentional: false, rendered: new Set(),
   timer: null, chipIntro: "", ended: false,
 };
@@ -14,7 +14,7 @@ const store = {
     if (!state.bot) return;
     const prev = this.load(state.bot);
     sessionStorage.setItem(this.key(state.bot), JSON.stringify({
-      sessionId: state.sessionId, lastSeq: state.lastSeq, sent: prev.sent || {},
+      sessionId: state.sessionId, resumeToken: state.resumeToken, lastSeq: state.lastSeq, sent: prev.sent || {},
     }));
   },
   remember(id, text) {
@@ -78,7 +78,9 @@ function onFrame(f) {
   }
   switch (f.type) {
     case "session.opened": {
-      state.sessionId = f.session_id; store.save();
+      state.sessionId = f.session_id;
+      if (f.resume_token) state.resumeToken = f.resume_token;  // proof that the session is ours (no API keys)
+      store.save();
       setStatus(`${f.bot} · ${f.resumed ? "resumed" : "connected"}`, "open");
       state.retryDelay = 500;
       if (!state.rendered.has("greeting") && f.greeting) { bubble("bot greeting", null, f.greeting); state.rendered.add("greeting"); }
@@ -125,7 +127,9 @@ function onFrame(f) {
         if (state.unacked && state.unacked.id === f.reply_to) state.unacked = null;
         if (state.inFlight === f.reply_to || !state.inFlight) busy(null);
       }
-      if (f.code === "session_not_found") { store.forget(state.bot); state.sessionId = null; state.lastSeq = 0; openSession(); }
+      if (f.code === "session_not_found" || (f.code === "forbidden" && f.seq == null && !f.reply_to)) {
+        store.forget(state.bot); state.sessionId = null; state.resumeToken = null; state.lastSeq = 0; openSession();
+      }
       if (f.code === "unauthorized") { $("settings").open = true; }
       break;
     }
@@ -217,7 +221,10 @@ function openSession() {
   const frame = { type: "session.open", bot: state.bot };
   const key = $("api-key").value.trim();
   if (key) frame.auth = key;
-  if (saved.sessionId) { frame.session_id = saved.sessionId; frame.resume_from_seq = state.lastSeq; }
+  if (saved.sessionId) {
+    frame.session_id = saved.sessionId; frame.resume_from_seq = state.lastSeq;
+    if (saved.resumeToken) frame.resume_token = saved.resumeToken;
+  }
   sendFrame(frame);
 }
 
@@ -263,7 +270,8 @@ function switchBot(bot, fresh) {
   state.bot = bot; localStorage.setItem("xdai:bot", bot);
   if (fresh) store.forget(bot);
   const saved = store.load(bot);
-  state.sessionId = saved.sessionId || null; state.lastSeq = 0;  // replay the whole log into an empty page
+  state.sessionId = saved.sessionId || null; state.resumeToken = saved.resumeToken || null;
+  state.lastSeq = 0;  // replay the whole log into an empty page
   state.rendered = new Set(); state.unacked = null; state.ended = false; state.chipIntro = "";
   clearInterval(state.timer); state.timer = null;
   $("flowbar").hidden = true; $("timer").hidden = true; $("phase").textContent = ""; $("actions").replaceChildren();
@@ -275,14 +283,22 @@ function switchBot(bot, fresh) {
 
 async function init() {
   $("api-key").value = localStorage.getItem("xdai:key") || "";
-  $("api-key").addEventListener("change", () => { localStorage.setItem("xdai:key", $("api-key").value.trim()); switchBot(state.bot, false); });
+  $("api-key").addEventListener("change", () => {
+    localStorage.setItem("xdai:key", $("api-key").value.trim());
+    if (state.bot) switchBot(state.bot, false); else location.reload();  // no bot list yet: it needed the key
+  });
   $("composer").addEventListener("submit", (ev) => { ev.preventDefault(); send(); });
   $("input").addEventListener("keydown", (ev) => { if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); send(); } });
   $("stop").addEventListener("click", () => { if (state.inFlight) sendFrame({ type: "response.cancel", reply_to: state.inFlight }); });
   $("new-session").addEventListener("click", () => switchBot(state.bot, true));
   $("bot").addEventListener("change", (ev) => switchBot(ev.target.value, false));
   let bots = [];
-  try { bots = await (await fetch("/bots")).json(); } catch (err) { showError(`cannot list bots: ${err}`); return; }
+  const key = $("api-key").value.trim();  // with API keys set, /bots needs one too
+  try {
+    const resp = await fetch("/bots", key ? { headers: { Authorization: `Bearer ${key}` } } : {});
+    if (resp.status === 401) { $("settings").open = true; showError("this server needs an API key (Key, above)"); return; }
+    bots = await resp.json();
+  } catch (err) { showError(`cannot list bots: ${err}`); return; }
   for (const b of bots) {
     const opt = document.createElement("option"); opt.value = b.name; opt.textContent = b.description ? `${b.name} — ${b.description}` : b.name;
     $("bot").append(opt);
