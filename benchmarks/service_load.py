@@ -104,7 +104,8 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     env = {**os.environ, "XDAI_SERVER_SQLITE_PATH": str(tmp / "sessions.sqlite3"),
            "XDAI_SERVER_MAX_CONNECTIONS_PER_IP": str(args.idle + 100), "XDAI_SERVER_RATE_LIMIT_PER_S": "1000",
            "XDAI_SERVER_IP_RATE_LIMIT_PER_S": "100000", "XDAI_SERVER_QUEUE_SIZE": str(max(args.clients * 2, 32)),
-           "XDAI_SERVER_INSTANCE_ID": "bench"}
+           "XDAI_SERVER_INSTANCE_ID": "bench", "XDAI_SERVER_MAX_TURNS_PER_IP": "0",  # every client is on loopback
+           "XDAI_SERVER_IP_SESSION_RATE_PER_S": "100000", "XDAI_SERVER_IP_SESSION_BURST": str(args.idle + 1000)}
     log = (tmp / "server.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "xdai", "serve", "--port", str(port)], env=env, stdout=log,
                             stderr=log)
