@@ -240,7 +240,8 @@ def _reason(part: Part) -> str:
             f" ({why.get('source_file', '')} {why.get('source_record', '')})".rstrip()
         )
     if part.kind == "lore":
-        return f"lorebook entry keys={why.get('keys')} position={why.get('position')}"
+        return (f"lorebook entry keys={why.get('keys')} id={why.get('id')} matched={why.get('matched')!r}"
+                f" score={why.get('score', 1.0):.2f} position={why.get('position')}")
     if part.kind == "example":
         return f"example dialogue {why.get('index')}"
     if part.kind == "persona":
@@ -359,9 +360,12 @@ class PromptBuilder:
         parts: list[Part] = []
 
         def lore_parts(position: str) -> None:
-            entries = [e for e in lore if (getattr(e, "position", None) or "before_char") == position]
-            for rank, entry in enumerate(sorted(entries, key=lambda e: getattr(e, "insertion_order", 0))):
+            # `lore` holds the book's activations (LoreHit: entry, stable id, matched key, score) or bare entries
+            hits = [h for h in lore if (getattr(_lore_entry(h), "position", None) or "before_char") == position]
+            for rank, hit in enumerate(sorted(hits, key=lambda h: getattr(_lore_entry(h), "insertion_order", 0))):
+                entry = _lore_entry(hit)
                 prio = float(getattr(entry, "priority", 0) or 0)
+                entry_id = getattr(hit, "id", None) or getattr(entry, "entry_id", None) or getattr(entry, "id", None)
                 parts.append(
                     Part(
                         "lore",
@@ -369,7 +373,8 @@ class PromptBuilder:
                         TIER_LORE + _unit(prio / (1.0 + abs(prio))) - rank * 1e-6,
                         {"keys": list(getattr(entry, "keys", []) or []), "position": position,
                          "insertion_order": getattr(entry, "insertion_order", 0), "priority": prio,
-                         "id": f"lore:{getattr(entry, 'id', rank)}", "text": entry.content},
+                         "id": f"lore:{entry_id if entry_id is not None else rank}", "text": entry.content,
+                         "matched": getattr(hit, "key", None), "score": float(getattr(hit, "score", 1.0))},
                     )
                 )
 
@@ -490,3 +495,8 @@ class PromptBuilder:
 def _unit(x: float) -> float:
     """Squash a relevance score into [0, 1) so it orders parts within a tier without crossing tiers."""
     return min(max(float(x), 0.0), 0.999999)
+
+
+def _lore_entry(hit: Any) -> Any:
+    """The lorebook entry behind an activation (or the entry itself)."""
+    return getattr(hit, "entry", hit)

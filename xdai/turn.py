@@ -150,7 +150,7 @@ class Agent(Responder):
         lore = []
         book = getattr(self.persona, "character_book", None)
         if book is not None:
-            lore = list(book.triggered([*context, utterance]))
+            lore = list(book.activate([*context, utterance]))  # with each entry's id, matched key and score
         prompt = self.builder.build(
             utterance,
             selection=selection,
