@@ -6,18 +6,20 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-WIDTH, LEFT, ROW = 560, 150, 34
+WIDTH, LEFT, ROW, RIGHT = 600, 150, 34, 110  # RIGHT: room for the numbers
 
 
 def _bar(y: int, label: str, rate: float, low: float, high: float, n: int, colour: str) -> str:
-    span = WIDTH - LEFT - 70
+    span = WIDTH - LEFT - RIGHT
     x = lambda v: LEFT + v * span  # noqa: E731
-    return (f'<text x="{LEFT - 8}" y="{y + 15}" text-anchor="end">{escape(label)}</text>'
-            f'<rect x="{LEFT}" y="{y + 4}" width="{rate * span:.1f}" height="16" fill="{colour}"/>'
+    head = f'<text x="{LEFT - 8}" y="{y + 15}" text-anchor="end">{escape(label)}</text>'
+    if not n:
+        return head + f'<text x="{LEFT + span + 10}" y="{y + 15}">no decided answer</text>'
+    return (head + f'<rect x="{LEFT}" y="{y + 4}" width="{rate * span:.1f}" height="16" fill="{colour}"/>'
             f'<line class="ci" x1="{x(low):.1f}" x2="{x(high):.1f}" y1="{y + 12}" y2="{y + 12}" stroke="#222"/>'
             f'<line x1="{x(low):.1f}" x2="{x(low):.1f}" y1="{y + 7}" y2="{y + 17}" stroke="#222"/>'
             f'<line x1="{x(high):.1f}" x2="{x(high):.1f}" y1="{y + 7}" y2="{y + 17}" stroke="#222"/>'
-            f'<text x="{WIDTH - 64}" y="{y + 15}">{rate:.0%} (n={n})</text>')
+            f'<text x="{LEFT + span + 10}" y="{y + 15}">{rate:.0%} (n={n})</text>')
 
 
 def win_chart(entry: dict[str, Any], systems: list[str]) -> str:
@@ -31,7 +33,7 @@ def win_chart(entry: dict[str, Any], systems: list[str]) -> str:
         rows.append(("taken for human", {"rate": t["share"], "interval": t["interval"], "wins": [t["n"], 0]},
                      "#5aa469"))
     height = ROW * len(rows) + 30
-    span = WIDTH - LEFT - 70
+    span = WIDTH - LEFT - RIGHT
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" role="img" '
              f'aria-label="win rate of {escape(systems[0])}">']
     for i, (label, w, colour) in enumerate(rows):
@@ -71,7 +73,7 @@ def render_pairs_html(rep: dict[str, Any]) -> str:
             body.append(_row("judge", entry["judge"]))
         body.append("</table>")
         agree = entry["agreement"]
-        fleiss = "n/a" if agree["fleiss_kappa"] is None else f"{agree['fleiss_kappa']:.3f}"
+        fleiss = "n/a" if agree["fleiss_kappa"] is None else f"{agree['fleiss_kappa'] + 0.0:.3f}"
         body.append(f"<p>Fleiss' kappa: {fleiss}; Cohen's kappa per pair of raters: "
                     + (", ".join(f"{escape(k)} {v:.3f}" for k, v in agree["cohen_kappa"].items()) or "n/a") + "</p>")
         if "taken_for_human" in entry:
