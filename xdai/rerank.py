@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import math
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from xdai.backends.base import Backend, GenerationSettings, Infill
@@ -85,7 +87,7 @@ async def generate_reranked(
     """
     if n < 1:
         raise ValueError(f"rerank needs n >= 1 candidates, got {n}")
-    texts = [await _sample(backend, infill, settings, i) for i in range(n)]
+    texts = await sample_candidates(backend, infill, settings, n)
     return await rerank(
         backend, infill, texts, post_weight=post_weight, forward_weight=forward_weight, inverse=inverse
     )
@@ -105,12 +107,35 @@ async def rerank(
         raise ValueError("rerank needs at least one candidate")
     if forward_weight is None:
         forward_weight = 1.0 if (inverse is not None or not infill.after) else 0.0
-    scored: dict[str, Candidate] = {}
-    for text in dict.fromkeys(texts):  # score each distinct text once
-        scored[text] = await _score(backend, infill, text, post_weight, forward_weight, inverse)
+    distinct = list(dict.fromkeys(texts))  # score each distinct text once, all at the same time (a batching
+    # backend scores them in one batch)
+    scores = await asyncio.gather(*(_score(backend, infill, t, post_weight, forward_weight, inverse) for t in distinct))
+    scored: dict[str, Candidate] = dict(zip(distinct, scores, strict=True))
     candidates = [dataclasses.replace(scored[t]) for t in texts]
     best = max(candidates, key=lambda c: c.total)
     return RerankResult(best=best, candidates=candidates)
+
+
+def _scorer(backend: Backend, infill: Infill) -> Callable[[str, str], float]:
+    """`backend.score`, told that a chat-template rendering's markers are special tokens (`Infill.special`)."""
+    if infill.special:
+        return functools.partial(backend.score, special=True)  # type: ignore[call-arg]
+    return backend.score
+
+
+async def sample_candidates(backend: Backend, infill: Infill, settings: GenerationSettings, n: int) -> list[str]:
+    """`n` fills of the mask, sample i with seed `settings.seed + i`. A backend that decodes candidates together
+    (`fill_candidates`: llama_cpp's engine shares the prompt's evaluation, hf uses one `generate` call) gets
+    them as one request, read concurrently; any other backend samples them in turn."""
+    many = getattr(backend, "fill_candidates", None)
+    if not callable(many) or n == 1:
+        return [await _sample(backend, infill, settings, i) for i in range(n)]
+    seeded = [dataclasses.replace(settings, seed=None if settings.seed is None else settings.seed + i) for i in range(n)]
+
+    async def join(pieces: AsyncIterator[str]) -> str:
+        return "".join([piece async for piece in pieces])
+
+    return list(await asyncio.gather(*(join(stream) for stream in many(infill, seeded))))
 
 
 async def _sample(backend: Backend, infill: Infill, settings: GenerationSettings, i: int) -> str:
@@ -132,10 +157,10 @@ async def _score(
         candidate.total = -math.inf
         return candidate
     if infill.after:
-        candidate.post = await asyncio.to_thread(backend.score, infill.before + text, infill.after)
+        candidate.post = await asyncio.to_thread(_scorer(backend, infill), infill.before + text, infill.after)
         candidate.total += post_weight * candidate.post
     if forward_weight:
-        candidate.forward = await asyncio.to_thread(backend.score, infill.before, text) / len(text)
+        candidate.forward = await asyncio.to_thread(_scorer(backend, infill), infill.before, text) / len(text)
         candidate.total += forward_weight * candidate.forward
     if inverse is not None:
         context, question = inverse.split(text)

@@ -2,18 +2,18 @@
 
 A causal model has no [MASK]: `infill.before` (the prompt ending with the bot's speaker tag) is continued and the
 continuation is trimmed to the bot's turn. The grounded post-response `infill.after` is honoured by reranking
-(`xdai.rerank`), which calls `score`. Loaded models are cached per process and shared by every backend instance
-that names the same file; each shared model has one lock, since a llama.cpp context serves one sequence at a time.
+(`xdai.rerank`), which calls `score`. Generation and scoring run on the process-wide engine of the model file
+(`xdai.backends.engine`), shared by every backend instance that names it: turns of different sessions decode
+together in one batch, a reply's candidates (`fill_candidates`) share their prompt's evaluation, and a prompt
+reuses the cells of the prefix it shares with earlier ones (a bot's persona, a session's previous turn).
 """
 
 from __future__ import annotations
 
-import codecs
 import logging
 import os
-import random
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 # llama.cpp's CPU backend is OpenMP. Busy-waiting threads turn a shared machine's decode from ~10 tok/s into
@@ -21,44 +21,42 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import llama_cpp  # noqa: E402
-import numpy as np  # noqa: E402
 
 from xdai.backends.base import GenerationSettings, Infill  # noqa: E402
+from xdai.backends.engine import Engine, EngineConfig, SamplingParams, Stream, get_engine  # noqa: E402
+from xdai.backends.engine.prefix_cache import PrefixStats  # noqa: E402
+from xdai.backends.engine.runner import all_cores, quiet_llama_logs  # noqa: E402
 from xdai.backends.models import resolve_model  # noqa: E402
-from xdai.backends.scoring import continuation_start, token_logprob  # noqa: E402
-from xdai.backends.stream import Emit, TokenStream, pump, stream_in_thread  # noqa: E402
+from xdai.backends.scoring import continuation_start  # noqa: E402
+from xdai.backends.stream import TokenStream, TurnFilter  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-_LOADED: dict[tuple[str, int, int, int], tuple[llama_cpp.Llama, threading.Lock]] = {}
+_VOCABS: dict[str, llama_cpp.Llama] = {}
 _LOAD_LOCK = threading.Lock()
-PREFILL_SLICE = 128  # prompt tokens evaluated between two looks at the cancel flag
-MAX_ROWS = 64  # logits rows per scoring decode (each row is n_vocab floats: 0.6 MB for Qwen)
+MIN_ENGINE_CTX = 4096  # backends asking for a smaller window share the engine of this one
 
 
-def all_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def load_llama(path: str | Path, n_ctx: int, threads: int, n_batch: int = 512) -> tuple[llama_cpp.Llama, threading.Lock]:
-    """The process-wide loaded model for these settings, loading it on first use."""
-    key = (str(Path(path).resolve()), n_ctx, threads, n_batch)
+def load_vocab(path: str | Path) -> llama_cpp.Llama:
+    """The model's vocabulary and metadata only (no weights): tokenization, special tokens, chat template."""
+    key = str(Path(path).resolve())
     with _LOAD_LOCK:
-        if key not in _LOADED:
-            llm = llama_cpp.Llama(
-                model_path=key[0],
-                n_ctx=n_ctx,
-                n_batch=n_batch,
-                n_ubatch=n_batch,
-                n_threads=threads,
-                n_threads_batch=threads,
-                verbose=False,
-            )
-            _LOADED[key] = (llm, threading.Lock())
-        return _LOADED[key]
+        if key not in _VOCABS:
+            quiet_llama_logs()  # a vocabulary-only context warns that it was trained on 0 positions
+            _VOCABS[key] = llama_cpp.Llama(model_path=key, vocab_only=True, verbose=False)
+        return _VOCABS[key]
+
+
+def engine_for(path: str | Path, n_ctx: int, threads: int) -> Engine:
+    """The process-wide engine for this model file: one per file, thread count and window bucket."""
+    window = max(n_ctx, MIN_ENGINE_CTX)
+    return get_engine(path, EngineConfig(n_ctx=window, kv_cells=max(16384, 2 * window), threads=threads))
+
+
+def sampling_params(settings: GenerationSettings, seed: int | None) -> SamplingParams:
+    """The engine's sampler chain is llama-cpp-python's (`Llama.generate`): same settings, same tokens."""
+    return SamplingParams(temperature=max(settings.temperature, 0.0), top_p=settings.top_p, top_k=settings.top_k,
+                          repetition_penalty=settings.repetition_penalty, max_tokens=settings.max_tokens, seed=seed)
 
 
 class LlamaCppBackend:
@@ -82,21 +80,32 @@ class LlamaCppBackend:
         self.model_path = resolve_model(model, cache_dir)
         self.n_ctx = n_ctx or 4096
         self.threads = threads or all_cores()
-        self.n_batch = n_batch
-        self.llm, self._lock = load_llama(self.model_path, self.n_ctx, self.threads, n_batch)
+        self.n_batch = n_batch  # kept for configuration compatibility: the engine sizes its own batches
+        self.engine = engine_for(self.model_path, self.n_ctx, self.threads)
+        self.llm = load_vocab(self.model_path)
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
-        self._batch: llama_cpp.llama_batch | None = llama_cpp.llama_batch_init(n_batch, 0, 1)
-
-    def __del__(self) -> None:
-        batch, self._batch = getattr(self, "_batch", None), None
-        if batch is not None:
-            llama_cpp.llama_batch_free(batch)
 
     # -- text <-> tokens -------------------------------------------------------------------------------------
 
-    def tokenize(self, text: str) -> list[int]:
-        """Prompt text is data: special-token spellings inside it (e.g. "<|im_end|>") stay plain text."""
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+    def tokenize(self, text: str, special: bool = False) -> list[int]:
+        """Prompt text is data: special-token spellings inside it (e.g. "<|im_end|>") stay plain text, unless
+        `special` (a prompt rendered through the model's chat template, `Infill.special`: its markers are tokens)."""
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=special)
+
+    @property
+    def chat_template(self) -> str | None:
+        """The GGUF's `tokenizer.chat_template` (Jinja2), None when the model has none (a base model)."""
+        return self.llm.metadata.get("tokenizer.chat_template") or None
+
+    @property
+    def template_tokens(self) -> dict[str, str]:
+        """The spellings a chat template may use for BOS and EOS."""
+        def text(token: int) -> str:
+            if token < 0:
+                return ""
+            return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+        return {"bos_token": text(self.llm.token_bos()), "eos_token": text(self.llm.token_eos())}
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
@@ -109,71 +118,55 @@ class LlamaCppBackend:
 
     def fill(self, infill: Infill, settings: GenerationSettings) -> TokenStream:
         """Stream the continuation of `infill.before`, trimmed to the bot's turn; `.tokens` counts what the model
-        generated for it."""
-        stream = TokenStream()
-        return stream.of(stream_in_thread(lambda emit, cancel: self._generate(infill.before, settings, emit, cancel,
-                                                                              stream)))
+        generated for it. The request reaches the engine when the stream is first read."""
+        return self.fill_candidates(infill, [settings])[0]
 
-    def _generate(self, prompt: str, settings: GenerationSettings, emit: Emit, cancel: threading.Event,
-                  counter: TokenStream) -> None:
-        tokens = self._fit(self.tokenize(prompt) or [self._separator()], room=settings.max_tokens)
-        with self._lock:
-            if not self._prefill(tokens, cancel):
-                return
-            self.llm.set_seed(settings.seed if settings.seed is not None else random.randrange(2**32))
-            tokens_out = self.llm.generate(
-                tokens,
-                temp=max(settings.temperature, 0.0),
-                top_p=settings.top_p,
-                top_k=settings.top_k,
-                min_p=0.0,
-                typical_p=1.0,
-                repeat_penalty=settings.repetition_penalty,
-            )
-            pump(self._texts(tokens_out, settings.max_tokens, counter), settings.stop, emit, cancel)
+    def fill_candidates(self, infill: Infill, settings: list[GenerationSettings]) -> list[TokenStream]:
+        """One stream per settings, decoded together: the prompt is evaluated once and its cells shared, each
+        candidate samples with its own settings and seed. Reading any of them starts all of them."""
+        started: list[Stream] = []
+        lock = threading.Lock()
 
-    def _prefill(self, tokens: list[int], cancel: threading.Event) -> bool:
-        """Evaluate the prompt in slices, checking `cancel` between them, so that a long prompt can be abandoned;
-        the KV cache's common prefix is reused. `generate()` then finds the prompt cached and samples at once."""
-        keep = self._reuse_cache(tokens, upto=len(tokens) - 1)
-        for begin in range(keep, len(tokens), PREFILL_SLICE):
-            if cancel.is_set():
-                return False
-            self.llm.eval(tokens[begin : begin + PREFILL_SLICE])
-        return not cancel.is_set()
+        def start(i: int) -> Stream:
+            with lock:
+                if not started:
+                    room = max(s.max_tokens for s in settings)
+                    tokens = self._fit(self.tokenize(infill.before, infill.special) or [self._separator()], room)
+                    started.extend(self.engine.generate(tokens, [sampling_params(s, s.seed) for s in settings]))
+                return started[i]
 
-    def _reuse_cache(self, tokens: list[int], upto: int) -> int:
-        """Keep the KV cache's common prefix with `tokens` (at most `upto` tokens), drop the rest; return its length."""
-        llm = self.llm
-        keep = min(continuation_start(llm.input_ids[: llm.n_tokens].tolist(), tokens), upto)
-        memory = llama_cpp.llama_get_memory(llm.ctx)
-        if not llama_cpp.llama_memory_seq_rm(memory, -1, keep, -1):  # partial removal unsupported: start over
-            llama_cpp.llama_memory_clear(memory, True)
-            keep = 0
-        llm.n_tokens = keep
-        return keep
+        streams = []
+        for i, s in enumerate(settings):
+            counter = TokenStream()
+            streams.append(counter.of(self._turn(lambda i=i: start(i), s.stop, counter)))
+        return streams
 
-    def _texts(self, tokens_out: Iterator[int], max_tokens: int, counter: TokenStream) -> Iterator[str]:
-        """Decode generated tokens to text pieces; UTF-8 sequences split across tokens are held until whole.
-        Each generated token (not the end-of-generation one) is counted into `counter.tokens`."""
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    @staticmethod
+    async def _turn(start: Callable[[], Stream], stop: list[str], counter: TokenStream) -> AsyncIterator[str]:
+        """The bot's turn of one engine stream (`TurnFilter`); each generated token is counted into
+        `counter.tokens`. When the turn ends the sequence ends and its cells stay cached for the next prompt; a
+        reader that stops early cancels it, which frees them at once."""
+        stream = start()
+        turn = TurnFilter(stop)
         try:
-            for n, token in enumerate(tokens_out, start=1):
-                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                    break
-                counter.tokens = n
-                text = decoder.decode(self.llm.detokenize([token]))
-                if text:
-                    yield text
-                if n >= max_tokens:
-                    break
-            tail = decoder.decode(b"", final=True)
+            async for event in stream:
+                if event.token >= 0:
+                    counter.tokens += 1
+                shown = turn.feed(event.text)
+                if shown:
+                    yield shown
+                if turn.done:
+                    stream.end()
+                    return
+            tail = turn.finish()
             if tail:
                 yield tail
         finally:
-            close = getattr(tokens_out, "close", None)
-            if close is not None:
-                close()
+            stream.cancel()
+
+    def prefix_stats(self) -> PrefixStats:
+        """How much of the prompts the engine did not evaluate again (`hit_rate`), since it started."""
+        return self.engine.stats().prefix
 
     def _fit(self, tokens: list[int], room: int) -> list[int]:
         """Keep the prompt inside the context window, dropping its oldest tokens if it must."""
@@ -185,12 +178,12 @@ class LlamaCppBackend:
 
     # -- scoring ---------------------------------------------------------------------------------------------
 
-    def score(self, context: str, continuation: str) -> float:
+    def score(self, context: str, continuation: str, special: bool = False) -> float:
         """Sum of log P(continuation tokens | context), with the boundary rule of `xdai.backends.scoring`."""
         if not continuation:
             return 0.0
-        full = self.tokenize(context + continuation)
-        start = continuation_start(self.tokenize(context), full)
+        full = self.tokenize(context + continuation, special)
+        start = continuation_start(self.tokenize(context, special), full)
         if start == 0:  # nothing to condition the first token on: use the model's document separator
             full, start = [self._separator(), *full], 1
         if len(full) > self.n_ctx:
@@ -200,39 +193,4 @@ class LlamaCppBackend:
                 )
             drop = len(full) - self.n_ctx
             full, start = full[drop:], max(start - drop, 1)
-        with self._lock:
-            return self._logprob_sum(full, start)
-
-    def _logprob_sum(self, tokens: list[int], start: int) -> float:
-        """Decode `tokens`, reusing the KV cache's common prefix, and sum log P(tokens[i]) for i >= start."""
-        llm, batch = self.llm, self._batch
-        assert batch is not None
-        keep = self._reuse_cache(tokens, upto=start - 1)
-        n_vocab, total, last = llm.n_vocab(), 0.0, len(tokens) - 1
-        begin = keep
-        while begin < len(tokens):
-            # at most MAX_ROWS rows of logits per decode: llama.cpp keeps an output buffer as large as the largest
-            end = min(begin + self.n_batch, len(tokens), max(begin, start - 1) + MAX_ROWS)
-            chunk = tokens[begin:end]
-            batch.n_tokens = len(chunk)
-            wanted = []
-            for j, token in enumerate(chunk):
-                pos = begin + j
-                batch.token[j] = token
-                batch.pos[j] = pos
-                batch.n_seq_id[j] = 1
-                batch.seq_id[j][0] = 0
-                # rows for the predictions we sum, and the last row so the context's state stays consistent
-                batch.logits[j] = 1 if (start - 1 <= pos) else 0
-                if start - 1 <= pos < last:
-                    wanted.append(j)
-            rc = llama_cpp.llama_decode(llm.ctx, batch)
-            if rc != 0:
-                llm.n_tokens = 0
-                raise RuntimeError(f"llama_decode returned {rc} while scoring")
-            for j in wanted:
-                row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, j), shape=(n_vocab,))
-                total += token_logprob(row, tokens[begin + j + 1])
-            llm.input_ids[begin:end] = chunk
-            llm.n_tokens = begin = end
-        return total
+        return self.engine.score(full, start).result().logprob

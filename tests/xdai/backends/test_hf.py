@@ -128,3 +128,15 @@ def test_tensor_parallel_across_gpus(tiny_dir):
         pytest.skip(f"tensor parallelism needs 2 CUDA devices, found {torch.cuda.device_count()}")
     engine = HFBackend(tiny_dir, dtype="float16", tensor_parallel=2)
     assert engine.score(PROMPT, " Paris.") < 0
+
+
+async def test_rerank_candidates_come_from_one_generate_call(tiny, collect):
+    settings = [GenerationSettings(seed=5 + i, max_tokens=10, temperature=1.0, stop=["\nUser:"]) for i in range(3)]
+    texts = ["".join(await collect(s)) for s in tiny.fill_candidates(Infill(PROMPT), settings)]
+    again = ["".join(await collect(s)) for s in tiny.fill_candidates(Infill(PROMPT), settings)]
+    assert texts == again and len(texts) == 3  # seeded by the first candidate's seed: reproducible
+    assert all("\n" not in t and t == t.strip() for t in texts)
+    assert len(set(texts)) > 1  # sampled rows of one batch, not one sample thrice
+    greedy = [dataclasses.replace(s, temperature=0.0, seed=None) for s in settings]
+    alone = "".join(await collect(tiny.fill(Infill(PROMPT), greedy[0])))
+    assert ["".join(await collect(s)) for s in tiny.fill_candidates(Infill(PROMPT), greedy)] == [alone] * 3

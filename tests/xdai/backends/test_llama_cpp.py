@@ -73,28 +73,31 @@ async def test_a_stream_counts_the_tokens_generated_not_the_pieces(smollm2, refe
 async def test_stopping_early_cancels_generation_promptly(smollm2):
     long = GenerationSettings(temperature=1.0, max_tokens=1000, seed=1, stop=[])
     stream = smollm2.fill(Infill("Write a very long story about a dragon.\nStory:"), long)
+    before = await asyncio.to_thread(smollm2.engine.stats)
     got = [await stream.__anext__() for _ in range(3)]
     await stream.aclose()
     assert all(got)
-    # the worker sees the cancel flag before its next token and releases the model
-    assert await asyncio.to_thread(smollm2._lock.acquire, True, 5.0)
-    smollm2._lock.release()
-    assert smollm2.llm.n_tokens < len(smollm2.tokenize("Write a very long story about a dragon.\nStory:")) + 40
+    # the engine drops the sequence before its next step (calls reach it in order) and frees its cells
+    after = await asyncio.to_thread(smollm2.engine.stats)
+    assert after.running == 0
+    assert after.decode_tokens - before.decode_tokens < 40
 
 
 async def test_cancelling_during_a_long_prompt_abandons_the_prefill(smollm2):
     prompt = "User: tell me more about the history of Paris. " * 90 + "\nAssistant:"
     n_prompt = smollm2.count_tokens(prompt)
     assert 800 < n_prompt < 1000
+    before = await asyncio.to_thread(smollm2.engine.stats)
     stream = smollm2.fill(Infill(prompt), GenerationSettings(max_tokens=8, seed=1))
     first = asyncio.ensure_future(stream.__anext__())
     await asyncio.sleep(0.05)
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first
-    assert await asyncio.to_thread(smollm2._lock.acquire, True, 10.0)
-    smollm2._lock.release()
-    assert smollm2.llm.n_tokens < n_prompt  # stopped between two prompt slices, not after the whole prompt
+    stats = await asyncio.to_thread(smollm2.engine.stats)  # reaches the engine after the cancel
+    assert stats.running == 0 and stats.waiting == 0
+    # stopped between two prompt slices, not after the whole prompt
+    assert stats.prefill_tokens - before.prefill_tokens < n_prompt
 
 
 def direct_logprob(ref: llama_cpp.Llama, context: str, continuation: str) -> float:
@@ -125,6 +128,10 @@ def direct_logprob(ref: llama_cpp.Llama, context: str, continuation: str) -> flo
 )
 def test_score_equals_a_direct_computation(smollm2, reference, context, continuation):
     expected = direct_logprob(reference, context, continuation)
+    # Alone in an empty cache the engine runs the reference's kernels on the same cell layout. Cells of other
+    # cached prompts change the order of llama.cpp's attention reductions (up to ~0.1 nats: tests/xdai/backends/
+    # test_engine.py states that tolerance), so this exact comparison starts from an empty cache.
+    smollm2.engine.clear_cache()
     assert smollm2.score(context, continuation) == pytest.approx(expected, abs=1e-3)
 
 
@@ -160,7 +167,7 @@ async def test_empty_and_overlong_prompts_are_handled_not_fatal(smollm2, setting
 
 def test_models_are_loaded_once_per_process(smollm2):
     again = get_backend("llama_cpp", "smollm2", n_ctx=1024)
-    assert again.llm is smollm2.llm and again._lock is smollm2._lock
+    assert again.llm is smollm2.llm and again.engine is smollm2.engine
     with pytest.raises(ValueError, match="unknown backend 'nope'"):
         get_backend("nope")
 
@@ -179,3 +186,17 @@ async def test_default_qwen_model_loads_fills_and_scores(collect):
     grounded = qwen.score(prompt, "是呀，她是中国自由式滑雪运动员。")
     ungrounded = qwen.score(prompt, "是呀，她是美国的篮球运动员。")
     assert grounded > ungrounded
+
+
+async def test_rerank_candidates_decode_together_on_one_evaluation_of_the_prompt(smollm2, settings, dialogue,
+                                                                                  collect):
+    await asyncio.to_thread(smollm2.engine.clear_cache)
+    before = await asyncio.to_thread(smollm2.engine.stats)
+    candidates = [dataclasses.replace(settings, seed=settings.seed + i) for i in range(3)]
+    streams = smollm2.fill_candidates(Infill(dialogue), candidates)
+    texts = await asyncio.gather(*(collect(s) for s in streams))
+    texts = ["".join(t) for t in texts]
+    after = await asyncio.to_thread(smollm2.engine.stats)
+    assert after.prefill_tokens - before.prefill_tokens == smollm2.count_tokens(dialogue)  # evaluated once
+    assert all(t.strip() and "\n" not in t for t in texts) and len(set(texts)) > 1
+    assert all(s.tokens > 0 for s in streams)

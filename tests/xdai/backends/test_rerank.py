@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
@@ -10,18 +11,27 @@ from xdai.backends.base import GenerationSettings, Infill
 from xdai.rerank import InversePrompt, generate_reranked, rerank
 
 ANGRY = "\nUser: Why are you so angry at me?"
+# The candidates' scores are computed together, in one batch of the engine, and the checks alone, elsewhere in the
+# shared KV cache: llama.cpp's kernels are not batch-invariant and its results move with where a sequence's cells
+# lie (its f16 KV rounding turns reduction-order differences into ulps), so the two agree within this many nats
+# (measured: < 0.2), not bit for bit.
+ENGINE_TOL = 0.25
 
 
 async def test_post_response_reranking_scores_each_sample_by_the_post_response(smollm2, dialogue):
     infill = Infill(dialogue, after=ANGRY)
     settings = GenerationSettings(seed=11, max_tokens=16, temperature=1.0, stop=["\nUser:"])
+    # seeded sampling reproduces its tokens on the same cache layout (see ENGINE_TOL): both calls start from an
+    # empty cache
+    await asyncio.to_thread(smollm2.engine.clear_cache)
     result = await generate_reranked(smollm2, infill, settings, n=3)
     assert len(result.candidates) == 3
     for c in result.candidates:
-        assert c.post == pytest.approx(smollm2.score(dialogue + c.text, ANGRY), abs=1e-6)
+        assert c.post == pytest.approx(smollm2.score(dialogue + c.text, ANGRY), abs=ENGINE_TOL)
         assert c.forward is None and c.inverse is None  # only the post-response decides here
         assert c.total == pytest.approx(c.post)
     assert result.best.total == max(c.total for c in result.candidates)
+    await asyncio.to_thread(smollm2.engine.clear_cache)
     again = await generate_reranked(smollm2, infill, settings, n=3)
     assert [c.text for c in again.candidates] == [c.text for c in result.candidates]  # seeded: reproducible
 
@@ -42,8 +52,8 @@ async def test_inverse_prompting_prefers_the_reply_that_answers_the_question(smo
     for c in result.candidates:
         context, question = inverse.split(c.text)
         assert context == f"Reply: {c.text}\nThe message this reply answers: "
-        assert c.inverse == pytest.approx(smollm2.score(context, question), abs=1e-6)
-        assert c.forward == pytest.approx(smollm2.score(dialogue, c.text) / len(c.text), abs=1e-6)
+        assert c.inverse == pytest.approx(smollm2.score(context, question), abs=ENGINE_TOL)
+        assert c.forward == pytest.approx(smollm2.score(dialogue, c.text) / len(c.text), abs=ENGINE_TOL / len(c.text))
         assert c.total == pytest.approx(c.forward + c.inverse)
 
 

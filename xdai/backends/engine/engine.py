@@ -56,7 +56,7 @@ class Engine:
         self.model_path = Path(model_path)
         self.runner = ModelRunner(model_path, self.config)
         self.tokenizer = self.runner.tokenizer
-        self.kv = KVCache(self.runner.memory, self.config.kv_cells, self.config.max_seqs)
+        self.kv = KVCache(self.runner.memory, self.runner.kv_cells, self.config.max_seqs)
         self.prefix = PrefixCache(self.kv, self.config.min_prefix)
         self.scheduler = Scheduler(self.config, self.kv, self.prefix)
         self._lock = threading.Condition()
@@ -261,7 +261,7 @@ class Engine:
         logprob = None
         if params.logprobs:
             logprob = float(token_logprobs(self.runner.logits(idx)[None, :], np.asarray([token]))[0])
-        if self.tokenizer.is_eog(token):
+        if self.tokenizer.is_eog(token) and not params.ignore_eog:
             self._done(seq, Finish.EOG)
             return
         seq.tokens.append(token)

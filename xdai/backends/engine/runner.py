@@ -6,6 +6,8 @@ The context has `n_seq_max` sequences over one unified KV cache, so the sequence
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import os
 from pathlib import Path
 
@@ -18,6 +20,24 @@ import numpy as np  # noqa: E402
 from xdai.backends.engine.config import EngineConfig  # noqa: E402
 from xdai.backends.engine.scheduler import SchedulerOutput  # noqa: E402
 from xdai.backends.engine.tokenizer import Tokenizer  # noqa: E402
+
+_llama_log = logging.getLogger("llama_cpp")
+_last_level = [0]
+
+
+@llama_cpp.llama_log_callback
+def _log_errors_only(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    """llama.cpp's log lines at ERROR only, into Python logging. (llama-cpp-python maps ggml's levels one off,
+    DEBUG=1 INFO=2 WARN=3 ERROR=4, so its own quiet mode still prints warnings such as the n_ctx_train one.)"""
+    if level != 5:  # 5: continues the previous line
+        _last_level[0] = level
+    if _last_level[0] >= 4:
+        _llama_log.error("%s", text.decode("utf-8", errors="replace").rstrip())
+
+
+def quiet_llama_logs() -> None:
+    """Route llama.cpp's log through `_log_errors_only` for the whole process (its callback is global)."""
+    llama_cpp.llama_log_set(_log_errors_only, ctypes.c_void_p(0))
 
 
 def all_cores() -> int:
@@ -32,17 +52,18 @@ class ModelRunner:
 
     def __init__(self, model_path: str | Path, config: EngineConfig) -> None:
         if not config.verbose:
-            from llama_cpp import _logger
-
-            _logger.set_verbose(False)
+            quiet_llama_logs()
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()
         self.model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), params)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {model_path}")
         threads = config.threads or all_cores()
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.model)
+        # one unified cache: a sequence may span all of it, so llama.cpp wants it within the trained window
+        self.kv_cells = max(min(config.kv_cells, self.n_ctx_train or config.kv_cells), config.n_ctx)
         cp = llama_cpp.llama_context_default_params()
-        cp.n_ctx = config.kv_cells
+        cp.n_ctx = self.kv_cells
         cp.n_batch = cp.n_ubatch = config.idle_step_tokens
         cp.n_seq_max = config.max_seqs
         cp.n_outputs_max = config.max_logits_rows
@@ -59,7 +80,6 @@ class ModelRunner:
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.tokenizer = Tokenizer(self.model)
         self.n_vocab = self.tokenizer.n_vocab
-        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.model)
         self._batch = llama_cpp.llama_batch_init(config.idle_step_tokens, 0, 1)
 
     def execute(self, plan: SchedulerOutput) -> dict[int, list[int]]:

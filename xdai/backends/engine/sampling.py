@@ -26,6 +26,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()  # generated text containing one of these ends the sequence (the text keeps it)
     seed: int | None = None  # None: a fresh random seed
     logprobs: bool = False  # report log P(token) of each sampled token (costs a log-softmax per token)
+    ignore_eog: bool = False  # keep decoding past end-of-generation tokens (benchmarks: a fixed length)
 
     @property
     def greedy(self) -> bool:

@@ -80,7 +80,7 @@ class Scheduler:
             # (and every request evaluates at least one token)
             limit = min(leader.evaluate, leader.score_start if leader.scoring else leader.evaluate) - 1
             src, n = (None, 0)
-            if self.config.prefix_cache:
+            if self.config.prefix_cache and leader.reuses_prefix:
                 running = [(s.seq_id, s.tokens[: s.n_computed]) for s in self.running]
                 src, n = self.prefix.match(leader.tokens[: leader.evaluate], max(limit, 0), running)
             need = (leader.evaluate - n) + sum(m.params.max_tokens for m in members if m.params is not None)

@@ -49,6 +49,12 @@ class Sequence:
         return self.params is None
 
     @property
+    def reuses_prefix(self) -> bool:
+        """A seeded generation evaluates its prompt from the start: a prefix evaluated in other batches moves the
+        logits slightly (llama.cpp is not batch-invariant), which could change what the seed samples."""
+        return self.params is None or self.params.seed is None
+
+    @property
     def generated(self) -> list[int]:
         return self.tokens[self.n_prompt :]
 
