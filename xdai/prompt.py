@@ -397,12 +397,8 @@ class PromptBuilder:
             # post-history instructions close the header instead (see docs/turn.md).
             parts.append(Part("persona", self._own(persona.post_history_instructions),
                               why=dict(persona_why, field="post_history_instructions")))
-        lore_parts("after_char")
-        for item in background:
-            title = f"{self._esc(item.title)}{sep}" if item.title and not item.text.startswith(item.title) else ""
-            text = header[3].format(text=title + clip_text(self._esc(item.text), MAX_KNOWLEDGE_CHARS))
-            parts.append(Part("background", text, TIER_BACKGROUND + _unit(item.score), item.why("background")))
-
+        # The example dialogues come before anything chosen per turn (lore, background): the persona's text and its
+        # examples then form one static prefix, evaluated once per bot and reused by every turn (a prefix cache).
         examples = list(persona.mes_example or [])
         for number, dialogue in enumerate(examples):
             lines = [header[4]] + [
@@ -410,6 +406,11 @@ class PromptBuilder:
             ]
             prio = TIER_EXAMPLE + _unit(1.0 - number / max(len(examples), 1))
             parts.append(Part("example", "\n".join(lines), prio, {"index": number}))
+        lore_parts("after_char")
+        for item in background:
+            title = f"{self._esc(item.title)}{sep}" if item.title and not item.text.startswith(item.title) else ""
+            text = header[3].format(text=title + clip_text(self._esc(item.text), MAX_KNOWLEDGE_CHARS))
+            parts.append(Part("background", text, TIER_BACKGROUND + _unit(item.score), item.why("background")))
 
         last = max((s.index for s in selection if s.selected), default=None)
         for scored in selection:

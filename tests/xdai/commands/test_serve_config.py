@@ -76,8 +76,11 @@ def test_serve_config_reaches_the_backend_and_the_stores(tmp_path: Path, monkeyp
     server, cfg = handed["server"], handed["cfg"]
     assert cfg.source == str(config) and list(server.agents) == ["robo"]
     agent = server.agents["robo"]
-    # backend.n_ctx and threads reached the model itself, not only the backend object
-    assert agent.backend.n_ctx == 1536 and agent.backend.llm.n_ctx() == 1536 and agent.backend.threads == 1
+    # backend.n_ctx and threads reached the model itself, not only the backend object: prompts are fitted to the
+    # 1536-token window, and the engine the backend shares (one per model file) holds at least that window and
+    # decodes on one thread
+    engine = agent.backend.engine.config
+    assert agent.backend.n_ctx == 1536 and engine.n_ctx >= 1536 and agent.backend.threads == 1 == engine.threads
     # paths.stores_dir: the persona's store found by name there, the bot's sources built into it
     by_name = {named.name: named.store for named in agent.stores}
     built = stores / "bots" / "robo"

@@ -185,3 +185,20 @@ def test_explain_and_json_say_why(persona):
     assert data["history"][1]["selected"] is False
     part = next(p for p in data["parts"] if p["kind"] == "knowledge")
     assert part["why"]["source_file"] == "kb.jsonl" and part["why"]["for"] == "utterance"
+
+
+def test_the_persona_and_its_examples_are_one_static_prefix_before_anything_chosen_per_turn(persona):
+    """Two turns of different sessions, with different history, knowledge and lore, begin with the same text up to
+    the end of the example dialogues: a prefix cache evaluates it once per bot."""
+    builder = PromptBuilder(persona)
+    one = builder.build("谷爱凌好厉害呀", selection=selection(PAIRS, kept={0}),
+                        background=[Knowledge(kind="description", text="谷爱凌是自由式滑雪运动员。", score=0.9, id="b1")],
+                        lore=[BookEntry(keys=["x"], content="设定：滑雪。", position="after_char")])
+    two = builder.build("天坛在哪？", selection=selection(PAIRS[1:], kept={1}), utterance_knowledge=qa("天坛在哪？", "东城区。", 0.9, "q"),
+                        background=[Knowledge(kind="description", text="天坛是明清祭天的地方。", score=0.9, id="b2")])
+    kinds = [p.kind for p in one.parts]
+    last_static = max(i for i, k in enumerate(kinds) if k == "example")
+    assert set(kinds[: last_static + 1]) == {"persona", "example"}
+    static = "\n".join(p.text for p in one.parts[: last_static + 1])
+    assert one.render().before.startswith(static) and two.render().before.startswith(static)
+    assert kinds.index("lore") > last_static and kinds.index("background") > last_static
