@@ -1,4 +1,5 @@
-"""The WebSocket server: ``/ws`` speaks protocol v1; ``/``, ``/static/*``, ``/healthz``, ``/metrics`` and ``/bots``
+"""The WebSocket server: ``/ws`` speaks protocol v1, ``/eval/ws`` the rating page's frames (rating.py); ``/``,
+``/eval/<study>``, ``/static/*``, ``/healthz``, ``/metrics`` and ``/bots``
 are plain HTTP answered from websockets' ``process_request`` hook, so one port serves the page and the socket.
 
 Each connection reads frames in its own task and writes them from another through a bounded queue: a client that
@@ -46,6 +47,7 @@ from xdai.service.protocol import (
     parse_client_frame,
     server_frame,
 )
+from xdai.service.rating import EVAL_WS, RatingDesk, is_eval_page
 from xdai.service.security import AddressBook, AddressLimits, KeyRing, TokenBucket, TurnQuota, origin_allowed
 from xdai.service.sessions import SessionStore, StorageError
 
@@ -136,6 +138,7 @@ class XdaiServer:
             session_burst=max(cfg.ip_session_burst, 1.0), auth_free_failures=cfg.auth_failures_before_backoff,
             auth_backoff_max_s=cfg.auth_backoff_max_s, ttl_s=cfg.ip_state_ttl_s, capacity=cfg.max_tracked_ips))
         self.quota = TurnQuota({"ip": cfg.max_turns_per_ip, "key": cfg.max_turns_per_key})
+        self.rating = RatingDesk(cfg, self.keys, self.addresses, self.metrics)  # /eval: raters answer studies
         self.pool = GenerationPool(cfg.workers, cfg.queue_size)
         self.store = store
         self.agents = agents
@@ -150,6 +153,17 @@ class XdaiServer:
         m.gauge("xdai_turns_running", "Turns being generated.", lambda: self.pool.running)
         m.gauge("xdai_connections", "Open WebSocket connections.", lambda: len(self.connections))
         m.gauge("xdai_sessions_live", "Sessions held in memory.", lambda: len(self.hub.sessions) if self.hub else 0)
+        m.gauge("xdai_prefix_hit_rate", "Share of prompt tokens the model's engine did not evaluate again (cached "
+                "prefixes: a bot's persona, a session's previous turn).", self._prefix_hit_rate)
+
+    def _prefix_hit_rate(self) -> float:
+        engines = {}
+        for agent in self.agents.values():
+            stats = getattr(getattr(agent, "backend", None), "prefix_stats", None)
+            if callable(stats):
+                engines[id(getattr(agent.backend, "engine", agent.backend))] = stats()
+        prompt = sum(s.prompt_tokens for s in engines.values())
+        return sum(s.reused_tokens for s in engines.values()) / prompt if prompt else 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> int:
@@ -194,6 +208,7 @@ class XdaiServer:
         writers = [c.writer for c in self.connections]
         if writers:
             await asyncio.wait(writers, timeout=5)
+        await self.rating.shutdown()
         await self.ws_server.wait_closed()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -221,9 +236,9 @@ class XdaiServer:
         for name in ("Origin", "Authorization", "Host"):
             if len(request.headers.get_all(name)) > 1:
                 return _response(HTTPStatus.BAD_REQUEST, f"more than one {name} header\n")
-        if request.method not in ("GET", "HEAD") or (path == WS_PATH and request.method != "GET"):
+        if request.method not in ("GET", "HEAD") or (path in (WS_PATH, EVAL_WS) and request.method != "GET"):
             response = _response(HTTPStatus.METHOD_NOT_ALLOWED, f"method {request.method} not allowed\n")
-            response.headers["Allow"] = "GET" if path == WS_PATH else _METHODS
+            response.headers["Allow"] = "GET" if path in (WS_PATH, EVAL_WS) else _METHODS
             return response
         response = self._get(connection, request, path)
         if response is not None and request.method == "HEAD":  # the GET's headers (its Content-Length too), no body
@@ -232,7 +247,7 @@ class XdaiServer:
 
     def _get(self, connection: ServerConnection, request: Request, path: str) -> Response | None:
         ip = _address(connection)
-        if path == WS_PATH:
+        if path in (WS_PATH, EVAL_WS):  # the rating page's socket is guarded as the chat's
             if not origin_allowed(request.headers.get("Origin"), self.cfg.allowed_origins):
                 return _response(HTTPStatus.FORBIDDEN, "origin not allowed\n")
             header = request.headers.get("Authorization")
@@ -259,6 +274,8 @@ class XdaiServer:
             return _response(HTTPStatus.OK, json.dumps(listed, ensure_ascii=False), "application/json")
         if path in ("/", "/index.html"):
             return _static("index.html")
+        if is_eval_page(path):
+            return _static("eval.html")
         if path.startswith("/static/"):
             return _static(path[len("/static/"):])
         return _response(HTTPStatus.NOT_FOUND, "not found\n")
@@ -285,6 +302,12 @@ class XdaiServer:
         ip = _address(ws)
         if not self.addresses.connect(ip):
             await ws.close(CLOSE_POLICY, "too many connections from this address")
+            return
+        if ws.request is not None and ws.request.path.split("?", 1)[0] == EVAL_WS:
+            try:
+                await self.rating.serve(ws, ip)
+            finally:
+                self.addresses.disconnect(ip)
             return
         conn = Connection(ws, self, ip)
         self.connections.add(conn)
