@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from xdai.backends.base import Infill
 from xdai.history import Exchange, ScoredExchange
+from xdai.lorebook import Placement, placement
 
 PartKind = Literal[
     "persona", "lore", "background", "example", "knowledge", "exchange", "utterance", "mask", "post_response"
@@ -359,22 +360,31 @@ class PromptBuilder:
         header, sep = _HEADER[self.language], self.sep
         parts: list[Part] = []
 
-        def lore_parts(position: str) -> None:
-            # `lore` holds the book's activations (LoreHit: entry, stable id, matched key, score) or bare entries
-            hits = [h for h in lore if (getattr(_lore_entry(h), "position", None) or "before_char") == position]
+        # `lore` holds the book's activations (LoreHit: entry, stable id, matched key, score, placement) or bare
+        # entries; each goes to a slot: (position, None), or ("at_depth", the exchange it precedes / None: the
+        # utterance), see `xdai.lorebook`
+        slots = [(hit, self._lore_slot(hit, selection)) for hit in lore]
+
+        def lore_parts(position: str, anchor: int | None = None) -> None:
+            hits = [h for h, slot in slots if slot == (position, anchor)]
             for rank, hit in enumerate(sorted(hits, key=lambda h: getattr(_lore_entry(h), "insertion_order", 0))):
-                entry = _lore_entry(hit)
+                entry, where = _lore_entry(hit), _lore_placement(hit)
+                content = _lore_content(hit)
                 prio = float(getattr(entry, "priority", 0) or 0)
                 entry_id = getattr(hit, "id", None) or getattr(entry, "entry_id", None) or getattr(entry, "id", None)
+                speaker = {"user": self.user, "assistant": self.bot}.get(where.role or "")
+                text = f"{speaker}{sep}{self._own(content)}" if speaker and position == "at_depth" else self._own(content)
+                tier = 0.0 if where.ignore_on_max_context else TIER_LORE  # @@ignore_on_max_context: cut first
                 parts.append(
                     Part(
                         "lore",
-                        self._own(entry.content),
-                        TIER_LORE + _unit(prio / (1.0 + abs(prio))) - rank * 1e-6,
+                        text,
+                        tier + _unit(prio / (1.0 + abs(prio))) - rank * 1e-6,
                         {"keys": list(getattr(entry, "keys", []) or []), "position": position,
                          "insertion_order": getattr(entry, "insertion_order", 0), "priority": prio,
-                         "id": f"lore:{entry_id if entry_id is not None else rank}", "text": entry.content,
-                         "matched": getattr(hit, "key", None), "score": float(getattr(hit, "score", 1.0))},
+                         "id": f"lore:{entry_id if entry_id is not None else rank}", "text": content,
+                         "matched": getattr(hit, "key", None), "score": float(getattr(hit, "score", 1.0)),
+                         **({"depth": where.depth, "role": where.role or "system"} if position == "at_depth" else {})},
                     )
                 )
 
@@ -389,9 +399,11 @@ class PromptBuilder:
         if persona.personality:
             parts.append(Part("persona", header[1].format(bot=self.bot, text=self._own(persona.personality)),
                               why=dict(persona_why, field="personality")))
+            lore_parts("personality")
         if persona.scenario:
             parts.append(Part("persona", header[2].format(text=self._own(persona.scenario)),
                               why=dict(persona_why, field="scenario")))
+            lore_parts("scenario")
         if persona.post_history_instructions:
             # In a completion prompt nothing may sit between the user's line and the bot's tag, so the
             # post-history instructions close the header instead (see docs/turn.md).
@@ -416,6 +428,7 @@ class PromptBuilder:
         for scored in selection:
             if not scored.selected:
                 continue
+            lore_parts("at_depth", scored.index)
             item = exchange_knowledge.get(scored.index)
             if item is not None:
                 parts.append(self._qa_part(item, f"exchange #{scored.index}", TIER_EXCHANGE_KNOWLEDGE, scored.index))
@@ -425,6 +438,7 @@ class PromptBuilder:
                 continue
             prio = TIER_LAST_EXCHANGE if scored.index == last else TIER_EXCHANGE + _unit(scored.score)
             parts.append(Part("exchange", "\n".join(lines), prio, scored.to_json(), anchor=scored.index))
+        lore_parts("at_depth", None)
         if utterance_knowledge is not None:
             parts.append(self._qa_part(utterance_knowledge, "utterance", TIER_UTTERANCE_KNOWLEDGE, None))
         parts.append(Part("utterance", self.line(self.user, utterance), why={"text": utterance}))
@@ -433,6 +447,25 @@ class PromptBuilder:
             name, post = condition
             parts.append(Part("post_response", self.line(self.user, post), why={"condition": name, "text": post}))
         return self._fit(parts, budget, utterance, list(selection), condition[0] if condition else None)
+
+    def _lore_slot(self, hit: Any, selection: Sequence[ScoredExchange]) -> tuple[str, int | None]:
+        """Where a lore activation goes: its position (personality/scenario fall back to the entry's own position
+        when the persona has no such section), and for "at_depth" the exchange it precedes, counting messages
+        from the utterance (1) back; a depth inside an exchange lands before it, one past the oldest before it."""
+        where = _lore_placement(hit)
+        position = where.position
+        if position in ("personality", "scenario") and not getattr(self.persona, position, ""):
+            position = "after_char" if getattr(_lore_entry(hit), "position", None) == "after_char" else "before_char"
+        if position != "at_depth":
+            return position, None
+        above, anchor = max(where.depth or 1, 1) - 1, None  # messages above the utterance to pass
+        for scored in reversed([s for s in selection if s.selected]):
+            if above <= 0:
+                break
+            messages = sum(1 for t in (scored.exchange.user, scored.exchange.bot) if t.strip())
+            if messages:
+                above, anchor = above - messages, scored.index
+        return position, anchor
 
     def _own_raw(self, text: str) -> str:
         return self.persona.fill_macros(text or "")
@@ -501,3 +534,22 @@ def _unit(x: float) -> float:
 def _lore_entry(hit: Any) -> Any:
     """The lorebook entry behind an activation (or the entry itself)."""
     return getattr(hit, "entry", hit)
+
+
+def _lore_placement(hit: Any) -> Placement:
+    """Where an activation's content goes: what the book said (LoreHit), else read from the entry itself."""
+    if getattr(hit, "position", None) is not None and hasattr(hit, "entry"):
+        return Placement(hit.position, hit.depth, hit.role, hit.ignore_on_max_context)
+    entry = _lore_entry(hit)
+    if hasattr(entry, "decorators"):
+        return placement(entry)
+    return Placement("after_char" if getattr(entry, "position", None) == "after_char" else "before_char")
+
+
+def _lore_content(hit: Any) -> str:
+    """The text an activation inserts: its content without the V3 decorators."""
+    content = getattr(hit, "content", None) if hasattr(hit, "entry") else None
+    if content is not None:
+        return str(content)
+    entry = _lore_entry(hit)
+    return entry.decorators.content if hasattr(entry, "decorators") else str(getattr(entry, "content", ""))

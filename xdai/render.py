@@ -162,7 +162,9 @@ class ChatRenderer:
         turns: list[dict[str, str]] = []
         utterance = ""
         for part in prompt.parts:
-            if part.kind in ("persona", "lore"):
+            if part.kind == "lore" and part.why.get("role") in ("user", "assistant"):
+                turns.append({"role": part.why["role"], "content": _strip_speaker(part.text, prompt)})  # @@depth/@@role
+            elif part.kind in ("persona", "lore"):
                 system.append(part.text)
             elif part.kind == "example":
                 examples.append(part.text.split("\n", 1)[1] if "\n" in part.text else part.text)

@@ -150,7 +150,13 @@ class Agent(Responder):
         lore = []
         book = getattr(self.persona, "character_book", None)
         if book is not None:
-            lore = list(book.activate([*context, utterance]))  # with each entry's id, matched key and score
+            # The whole conversation, so an entry may scan deeper than `lore_scan_turns` (its own scan depth);
+            # replies count the greeting; the rolls of probabilistic entries are seeded, so a turn is reproducible.
+            seed = (getattr(self.persona, "generation", None) or {}).get("seed")
+            lore = list(book.activate(
+                [*_recent_texts(history, len(history)), utterance], default_scan_depth=len(context) + 1,
+                replies=len(history) + (1 if getattr(self.persona, "first_mes", "") else 0),
+                seed=seed if isinstance(seed, int) else 0, count_tokens=self.count_tokens))
         prompt = self.builder.build(
             utterance,
             selection=selection,

@@ -11,12 +11,15 @@ import dataclasses
 import functools
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from xdai.generation import GenerationSettings
+
+if TYPE_CHECKING:
+    from xdai.lorebook import Decorators
 
 XDAI_EXTENSION = "xdai"  # the key under data.extensions that carries XDAI fields in a card
 Speaker = Literal["user", "bot"]
@@ -149,37 +152,65 @@ class BookEntry:
         ``match_whole_words: false`` (SillyTavern's per-entry switch). Keys in other scripts match anywhere."""
         return self.extensions.get("match_whole_words") is not False
 
+    @property
+    def decorators(self) -> Decorators:
+        """The Card V3 decorators that open `content` (`@@depth 2`, ...) and the content without them."""
+        from xdai.lorebook import parse_decorators
+
+        return parse_decorators(self.content)
+
+    @property
+    def case_sensitive_keys(self) -> bool:
+        """Keys match case-sensitively: `case_sensitive`, or SillyTavern's extensions.case_sensitive."""
+        return self.case_sensitive or self.extensions.get("case_sensitive") is True
+
     def matches(self, text: str) -> bool:
         """Whether the keys (and, for a selective entry, the secondary keys) trigger on `text`."""
         return self.matched_key(text) is not None
 
     def matched_key(self, text: str) -> str | None:
-        """The key that triggers this entry on `text` (honouring selective logic), or None."""
-        key = next((k for k in self.keys if k and self._key_in(k, text)), None)
-        if key is None or not self.selective or not self.secondary_keys or self.regex:
-            return key  # V3: secondary keys are ignored when keys are regexes
-        hits = [self._key_in(k, text) for k in self.secondary_keys if k]
-        logic = self.extensions.get("selectiveLogic", AND_ANY)
-        if logic == NOT_ALL:
-            ok = not all(hits)
-        elif logic == NOT_ANY:
-            ok = not any(hits)
-        elif logic == AND_ALL:
-            ok = all(hits)
-        else:
-            ok = any(hits)
-        return key if ok else None
+        """The key that triggers this entry on `text` (honouring selective logic and the `@@additional_keys` /
+        `@@exclude_keys` decorators), or None."""
+        key = self.first_key(text)
+        return key if key is not None and self.conditions_hold(text) else None
+
+    def first_key(self, text: str) -> str | None:
+        """The first of the primary keys that occurs in `text`, or None."""
+        return next((k for k in self.keys if k and self._key_in(k, text)), None)
+
+    def conditions_hold(self, text: str, secondary: bool = True) -> bool:
+        """The conditions beyond a primary key, checked on `text` (the scanned messages together): for a selective
+        entry its secondary keys under `selectiveLogic` (AND ANY, NOT ALL, NOT ANY, AND ALL; ignored for regex
+        keys, as V3 says), then one of `@@additional_keys` (patterns, with regex keys) and none of
+        `@@exclude_keys` (ignored with regex keys)."""
+        deco = self.decorators
+        if secondary and self.selective and self.secondary_keys and not self.regex:
+            hits = [self._key_in(k, text) for k in self.secondary_keys if k]
+            logic = self.extensions.get("selectiveLogic", AND_ANY)
+            if logic == NOT_ALL:
+                ok = not all(hits)
+            elif logic == NOT_ANY:
+                ok = not any(hits)
+            elif logic == AND_ALL:
+                ok = all(hits)
+            else:
+                ok = any(hits)
+            if not ok:
+                return False
+        if deco.additional_keys and not any(self._key_in(k, text) for k in deco.additional_keys):
+            return False
+        return self.regex or not any(self._key_in(k, text) for k in deco.exclude_keys)
 
     def _key_in(self, key: str, text: str) -> bool:
-        flags = 0 if self.case_sensitive else re.IGNORECASE
+        flags = 0 if self.case_sensitive_keys else re.IGNORECASE
         if self.regex:
             pattern = _compile(key, flags)
-            return pattern is not None and pattern.search(text[:_MAX_SCAN]) is not None  # invalid: no match (V3)
+            return pattern is not None and pattern.search(text[-_MAX_SCAN:]) is not None  # invalid: no match (V3)
         if self.whole_words and (_LATIN.match(key[0]) or _LATIN.match(key[-1])):
             start = r"(?<![A-Za-z0-9_\u00c0-\u024f])" if _LATIN.match(key[0]) else ""  # no Latin letter before
             end = r"(?![A-Za-z0-9_\u00c0-\u024f])" if _LATIN.match(key[-1]) else ""  # nor after
             return re.search(start + re.escape(key) + end, text, flags) is not None
-        if self.case_sensitive:
+        if self.case_sensitive_keys:
             return key in text
         return key.casefold() in text.casefold()
 
@@ -203,13 +234,19 @@ def _compiled(pattern: str, flags: int) -> re.Pattern[str]:
 @dataclass(frozen=True)
 class LoreHit:
     """Why a lorebook entry fired: its stable id, the key that matched (None: constant), how many messages
-    back it matched (0: the newest; -1: through another entry's content), and a score in (0, 1]."""
+    back it matched (0: the newest; -1: through another entry's content), and a score in (0, 1]. And what goes
+    into the prompt where: the content without its decorators, and its placement (`xdai.lorebook.Placement`)."""
 
     entry: BookEntry
     id: str
     key: str | None
     age: int
     score: float
+    content: str | None = None  # None: the entry's content as is
+    position: str | None = None  # before_char | after_char | personality | scenario | at_depth; None: the entry's
+    depth: int | None = None  # at_depth: 1 is right before the user's utterance
+    role: str | None = None  # at_depth: "user" / "assistant" make it that speaker's line
+    ignore_on_max_context: bool = False
 
 
 @dataclass
@@ -223,52 +260,21 @@ class CharacterBook:
     entries: list[BookEntry] = field(default_factory=list)
     card_extra: dict[str, Any] = field(default_factory=dict)
 
-    def triggered(self, recent_texts: list[str]) -> list[BookEntry]:
-        """Entries to insert given the most recent messages (oldest first).
+    def triggered(self, recent_texts: list[str], **chat: Any) -> list[BookEntry]:
+        """Entries to insert given the most recent messages (oldest first): `activate` without the why."""
+        return [hit.entry for hit in self.activate(recent_texts, **chat)]
 
-        Constant entries always fire; others fire when a key occurs in the last `scan_depth` texts (all given
-        texts when unset), honouring case sensitivity, whole words for Latin-script keys, regex keys and, for
-        selective entries, the secondary keys. With `recursive_scanning`, fired entries' content is scanned too.
-        Disabled entries never fire. The result is ordered by insertion_order (ties keep file order)."""
-        return [hit.entry for hit in self.activate(recent_texts)]
+    def activate(self, recent_texts: Sequence[str], decay: float = 0.75, *, default_scan_depth: int | None = None,
+                 replies: int | None = None, seed: int = 0,
+                 count_tokens: Callable[[str], int] | None = None) -> list[LoreHit]:
+        """The entries that fire on `recent_texts` (oldest first, the user's utterance last), with why and where;
+        `xdai.lorebook.activate` has the rules. `default_scan_depth`: messages an entry scans when neither it
+        nor the book says (None: all); `replies`: the bot's messages so far, greeting included (None: unknown);
+        `seed`: of the probability rolls; `count_tokens`: for the book's token_budget."""
+        from xdai.lorebook import Chat, activate
 
-    def activate(self, recent_texts: list[str], decay: float = 0.75) -> list[LoreHit]:
-        """`triggered`, with why: each entry's id, matched key and a score, ``decay ** age`` for a key found
-        `age` messages back (the newest message scores 1), 1 for a constant entry, and half the score of the
-        entry whose content it was found in when found by recursion. Same order as `triggered`."""
-        texts = list(recent_texts)
-        if self.scan_depth is not None:
-            texts = texts[-self.scan_depth :] if self.scan_depth > 0 else []
-        fired: dict[int, LoreHit] = {}
-        for i, e in enumerate(self.entries):
-            if not e.enabled:
-                continue
-            if e.constant:
-                fired[i] = LoreHit(e, e.entry_id, None, 0, 1.0)
-                continue
-            for age, text in enumerate(reversed(texts)):
-                key = e.matched_key(text)
-                if key is not None:
-                    fired[i] = LoreHit(e, e.entry_id, key, age, decay ** age)
-                    break
-            else:  # a selective entry may need its keys and secondary keys in different messages
-                key = e.matched_key("\n".join(texts)) if texts else None
-                if key is not None:
-                    fired[i] = LoreHit(e, e.entry_id, key, len(texts) - 1, decay ** (len(texts) - 1))
-        frontier = dict(fired)
-        while self.recursive_scanning and frontier:
-            found: dict[int, LoreHit] = {}
-            for i, e in enumerate(self.entries):
-                if i in fired or not e.enabled:
-                    continue
-                for hit in frontier.values():
-                    key = e.matched_key(hit.entry.content)
-                    if key is not None:
-                        found[i] = LoreHit(e, e.entry_id, key, -1, hit.score / 2)
-                        break
-            fired.update(found)
-            frontier = found
-        return [h for _, h in sorted(fired.items(), key=lambda kv: (kv[1].entry.insertion_order, kv[0]))]
+        chat = Chat(list(recent_texts), default_scan_depth, replies, seed)
+        return activate(self, chat, decay=decay, count_tokens=count_tokens)
 
 
 EMBEDDED = "embeded://"  # Card V3's scheme (spelled so) for a file inside the CHARX
