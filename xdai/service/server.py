@@ -1,6 +1,7 @@
 """The WebSocket server: ``/ws`` speaks protocol v1, ``/eval/ws`` the rating page's frames (rating.py); ``/``,
-``/eval/<study>``, ``/static/*``, ``/healthz``, ``/metrics`` and ``/bots``
-are plain HTTP answered from websockets' ``process_request`` hook, so one port serves the page and the socket.
+``/eval/<study>``, ``/static/*``, ``/healthz``, ``/metrics``, ``/bots`` and a bot's pictures
+(``/bots/<bot>/assets/<kind>[/<name>]``) are plain HTTP answered from websockets' ``process_request`` hook, so
+one port serves the page and the socket.
 
 Each connection reads frames in its own task and writes them from another through a bounded queue: a client that
 reads too slowly is closed with 1013 (it can reconnect and resume from its last seq) instead of stalling anyone.
@@ -34,6 +35,7 @@ from websockets.http11 import Request, Response
 
 from xdai.config import ServerConfig
 from xdai.responder import Responder
+from xdai.service.assets import asset_index, asset_route, find_picture
 from xdai.service.engine import GenerationPool, Hub, LiveSession
 from xdai.service.metrics import Metrics
 from xdai.service.protocol import (
@@ -263,15 +265,18 @@ class XdaiServer:
                                  "application/json")
             status = "draining" if self.hub and self.hub.closing else "ok"
             return _response(HTTPStatus.OK, json.dumps({"status": status}), "application/json")
-        if path in ("/metrics", "/bots") and self.keys.required:
+        if (path in ("/metrics", "/bots") or path.startswith("/bots/")) and self.keys.required:
             refused = self._http_auth(ip, request.headers.get("Authorization"))
             if refused is not None:
                 return refused
         if path == "/metrics":
             return _response(HTTPStatus.OK, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
         if path == "/bots":
-            listed = [(self.bots.get(name) or BotInfo(name)).to_json() for name in self.agents]  # served order
+            listed = [{**(self.bots.get(name) or BotInfo(name)).to_json(),  # served order; which pictures it has
+                       "assets": asset_index(getattr(agent, "persona", None))} for name, agent in self.agents.items()]
             return _response(HTTPStatus.OK, json.dumps(listed, ensure_ascii=False), "application/json")
+        if path.startswith("/bots/"):
+            return self._asset(path)
         if path in ("/", "/index.html"):
             return _static("index.html")
         if is_eval_page(path):
@@ -279,6 +284,20 @@ class XdaiServer:
         if path.startswith("/static/"):
             return _static(path[len("/static/"):])
         return _response(HTTPStatus.NOT_FOUND, "not found\n")
+
+    def _asset(self, path: str) -> Response:
+        """A bot's icon, background or emotion image (`xdai.service.assets`), by kind and name only."""
+        route = asset_route(path)
+        agent = self.agents.get(route[0]) if route is not None else None
+        picture = find_picture(getattr(agent, "persona", None), route[1], route[2]) if route and agent else None
+        if picture is None:
+            return _response(HTTPStatus.NOT_FOUND, "not found\n")
+        response = _response(HTTPStatus.OK, picture.data, picture.mime)
+        del response.headers["Cache-Control"]  # Headers append: replace no-store
+        response.headers["Cache-Control"] = "private, max-age=300"
+        response.headers["Cross-Origin-Resource-Policy"] = "same-origin"  # not for other sites' pages
+        response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+        return response
 
     def _http_auth(self, ip: str, header: str | None) -> Response | None:
         """None when `header` carries a valid key; else 401, or 429 while this address is backing off."""

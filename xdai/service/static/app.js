@@ -5,7 +5,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   ws: null, bot: null, sessionId: null, resumeToken: null, lastSeq: 0, inFlight: null, unacked: null,
   retryDelay: 500, reconnectTimer: null, intentional: false, rendered: new Set(),
-  timer: null, chipIntro: "", ended: false,
+  timer: null, chipIntro: "", ended: false, assets: {}, emotion: null,
 };
 const store = {
   key: (bot) => `xdai:${bot}`,
@@ -57,6 +57,33 @@ function whyPanel(grounding) {
   }
   details.append(summary, list);
   return details;
+}
+
+// -- a bot's pictures: GET /bots/<bot>/assets/<kind>[/<name>], with the API key when the server needs one ---------
+const pictures = new Map();  // url -> object URL
+function assetUrl(bot, kind, name) {
+  return `/bots/${encodeURIComponent(bot)}/assets/${kind}${name ? `/${encodeURIComponent(name)}` : ""}`;
+}
+async function picture(url) {
+  if (!pictures.has(url)) {
+    const key = $("api-key").value.trim();
+    pictures.set(url, fetch(url, key ? { headers: { Authorization: `Bearer ${key}` } } : {})
+      .then((r) => (r.ok ? r.blob() : null)).then((b) => (b ? URL.createObjectURL(b) : null)).catch(() => null));
+  }
+  return pictures.get(url);
+}
+async function showIcon(bot) {
+  const img = $("bot-icon"); img.hidden = true; img.removeAttribute("src");
+  if (!(state.assets[bot] || {}).icon) return;
+  const src = await picture(assetUrl(bot, "icon"));
+  if (src && state.bot === bot) { img.src = src; img.alt = bot; img.hidden = false; }
+}
+async function showEmotion(el, bot, name) {  // a reply shaped by a condition: the persona's image of that emotion
+  if (!name || !((state.assets[bot] || {}).emotions || []).includes(name) || el.querySelector("img.emotion")) return;
+  const src = await picture(assetUrl(bot, "emotion", name));
+  if (!src) return;
+  const img = document.createElement("img"); img.className = "emotion"; img.alt = name; img.title = name; img.src = src;
+  el.querySelector(".text").after(img);
 }
 
 function chips(suggestions, intro) {
@@ -116,6 +143,8 @@ function onFrame(f) {
       el.querySelector(".meta").textContent = notes.join(" · ");
       if (f.finish_reason === "error" || f.finish_reason === "interrupted") el.classList.add("failed");
       if (f.grounding && f.grounding.length) el.append(whyPanel(f.grounding));
+      if (state.emotion && f.finish_reason !== "error" && f.finish_reason !== "interrupted") showEmotion(el, state.bot, state.emotion);
+      state.emotion = null;
       chips(f.suggestions, state.chipIntro);
       busy(null);
       break;
@@ -203,7 +232,7 @@ function flowEvent(f) {
       }
       break;
     }
-    case "condition": bubble("bot event note", null, `post-response: ${d.post_response || ""}`); break;
+    case "condition": state.emotion = d.name || null; bubble("bot event note", null, `post-response: ${d.post_response || ""}`); break;
     default: bubble("bot event note", null, `[${f.name}] ${JSON.stringify(f.data)}`);
   }
 }
@@ -272,7 +301,8 @@ function switchBot(bot, fresh) {
   const saved = store.load(bot);
   state.sessionId = saved.sessionId || null; state.resumeToken = saved.resumeToken || null;
   state.lastSeq = 0;  // replay the whole log into an empty page
-  state.rendered = new Set(); state.unacked = null; state.ended = false; state.chipIntro = "";
+  state.rendered = new Set(); state.unacked = null; state.ended = false; state.chipIntro = ""; state.emotion = null;
+  showIcon(bot);
   clearInterval(state.timer); state.timer = null;
   $("flowbar").hidden = true; $("timer").hidden = true; $("phase").textContent = ""; $("actions").replaceChildren();
   $("input").disabled = false; $("input").placeholder = "说点什么… (Enter to send, Shift+Enter for a new line)";
@@ -300,6 +330,7 @@ async function init() {
     bots = await resp.json();
   } catch (err) { showError(`cannot list bots: ${err}`); return; }
   for (const b of bots) {
+    state.assets[b.name] = b.assets || {};
     const opt = document.createElement("option"); opt.value = b.name; opt.textContent = b.description ? `${b.name} — ${b.description}` : b.name;
     $("bot").append(opt);
   }
