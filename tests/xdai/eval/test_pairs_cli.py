@@ -146,3 +146,33 @@ def test_the_judge_command_stores_its_answers_apart_and_resumes(env: Path) -> No
     judged = rep["questions"]["human"]["judge"]
     assert sum(judged["wins"]) + judged["ties"] == 2 and rep["raters"] == []
     assert rep["questions"]["human"]["people"]["wins"] == [0, 0]
+
+
+BOT = """\
+description: pairs test bot on SmolLM2
+persona: xiaodai
+backend: llama_cpp
+model: smollm2
+options:
+  generation: {{max_tokens: 12, temperature: 0.7, seed: {seed}}}
+"""
+
+
+@pytest.mark.slow
+def test_build_runs_two_real_bots_through_a_script(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, seed in (("a", 1), ("b", 2)):
+        (env / "bots" / name).mkdir(parents=True)
+        (env / "bots" / name / "bot.yaml").write_text(BOT.format(seed=seed), encoding="utf-8")
+    monkeypatch.setenv("XDAI_PATHS_BOTS_DIR", str(env / "bots"))
+    monkeypatch.setenv("XDAI_PATHS_STORES_DIR", str(env / "stores"))
+    script = {"id": "c1", "turns": [{"user": "你好，你是谁？"}, {"user": "你喜欢滑雪吗？", "facts": ["谷爱凌 职业 滑雪"]}]}
+    (env / "conv.jsonl").write_text(json.dumps(script, ensure_ascii=False) + "\n", encoding="utf-8")
+    out = run("build", "--conversations", str(env / "conv.jsonl"), "--bot", "a", "--bot", "b", "--checks", "0",
+              "-q", "engaging")
+    assert "study a-vs-b: 2 pairs + 0 checks" in out
+    study = Study.load(env / "studies" / "a-vs-b.json")
+    first, second = study.tasks
+    assert first.context == [{"speaker": "user", "text": "你好，你是谁？"}]
+    assert {first.left.source, first.right.source} == {"a", "b"} and first.left.text and first.right.text
+    kept = second.context[1]["text"]  # the shared history goes on with one of the two first replies
+    assert kept in (first.left.text, first.right.text) and second.knowledge == ["谷爱凌 职业 滑雪"]
