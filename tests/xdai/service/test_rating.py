@@ -17,6 +17,7 @@ from tests.fakes import ScriptedResponder
 from xdai.eval.pairs import BROKEN, ENGAGING, HUMAN, TURING, PairTask, Side, Study, report
 from xdai.service.judgments import SQLiteJudgmentStore
 from xdai.service.rating import Rater as RaterState
+from xdai.service.rating import rater_id
 
 from .conftest import Running, start_server
 
@@ -169,3 +170,38 @@ async def test_the_chat_pages_security_guards_the_rating_socket(tmp_path: Path) 
             assert (await http.get("/static/eval.js")).status_code == 200
     finally:
         await r.server.shutdown()
+
+
+
+async def test_replicas_share_the_judgments_through_redis(tmp_path: Path, redis_url: str) -> None:
+    from xdai.service.judgments import RedisJudgmentStore
+    from xdai.service.sessions import RedisSessionStore
+
+    study = make_study(tmp_path / "studies")
+    replicas = []
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        replicas.append(await start_server(tmp_path / name, {"smol": ScriptedResponder()}, {},
+                                           store=RedisSessionStore(redis_url), session_store="redis",
+                                           redis_url=redis_url, instance_id=name, eval_dir=str(tmp_path / "studies")))
+    try:
+        a = await rater(replicas[0])
+        await a.send(type="hello", study="s1")
+        token = (await a.recv())["rater"]
+        t = (await a.recv())["task"]["id"]
+        await a.send(type="skip", task=t)
+        assert (await a.recv())["new"] is True
+        await a.recv()
+        b = await rater(replicas[1])  # the same rater, routed to the other replica
+        await b.send(type="hello", study="s1", rater=token)
+        assert (await b.recv())["progress"]["done"] == 1
+        assert (await b.recv())["task"]["id"] != t
+        await b.send(type="answer", task=t, answers={"human": "left", "engaging": "left"})
+        assert (await b.recv())["new"] is False  # answered on the other replica: not counted twice
+    finally:
+        for r in replicas:
+            await r.server.shutdown()
+    store = RedisJudgmentStore(redis_url)
+    mine = store.answered(study.id, rater_id(token))
+    store.close()
+    assert sorted((j.task, j.question, j.answer) for j in mine) == [(t, "engaging", "skip"), (t, "human", "skip")]
