@@ -46,7 +46,7 @@ from xdai.service.sessions import StorageError
 log = logging.getLogger(__name__)
 EVAL_PAGE = "/eval"
 EVAL_WS = "/eval/ws"
-CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_POLICY = 1000, 1001, 1008
+CLOSE_NORMAL, CLOSE_GOING_AWAY = 1000, 1001
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,100}$")
 
 
@@ -60,11 +60,11 @@ def rater_id(token: str) -> str:
 
 
 class Refused(Exception):
-    """A frame the desk will not act on: sent back as an error frame; `close` ends the socket after it."""
+    """A frame the desk will not act on: sent back as an error frame (the socket stays open)."""
 
-    def __init__(self, code: str, message: str, *, close: bool = False, retry_after_ms: int | None = None) -> None:
+    def __init__(self, code: str, message: str, *, retry_after_ms: int | None = None) -> None:
         super().__init__(message)
-        self.code, self.message, self.close, self.retry_after_ms = code, message, close, retry_after_ms
+        self.code, self.message, self.retry_after_ms = code, message, retry_after_ms
 
 
 class StudyShelf:
@@ -187,9 +187,6 @@ class RatingDesk:
             except Refused as no:
                 await _send(ws, {"type": "error", "code": no.code, "message": no.message,
                                  **({"retry_after_ms": no.retry_after_ms} if no.retry_after_ms else {})})
-                if no.close:
-                    await ws.close(CLOSE_POLICY, no.code)
-                    return
             except StorageError as exc:
                 log.error("judgment store: %s", exc)
                 await _send(ws, {"type": "error", "code": "storage_error",
