@@ -7,7 +7,9 @@ store, then measures, all in one run so that the figures compare:
   1. resident memory per idle connection: server RSS before and after opening `--idle` connections, each with an
      open session (target <= 100 KB);
   2. one sequential client chatting for `--seconds`: replies per minute (the baseline);
-  3. `--clients` concurrent clients chatting for `--seconds`: replies per minute, and the server's own overhead
+  3. `--clients` concurrent clients chatting for `--seconds`: replies per minute (target >= 2.5x the sequential
+     client's), first-token latency p50/p90 next to the sequential client's (and its turn-3+ p50), the engine's
+     prefix hit rate from /metrics, and the server's own overhead
      excluding generation — message.create -> message.ack, and a piece leaving the model worker -> its delta on the
      socket — as p50/p99 from the server's /metrics (exact quantiles over recent observations; target p99 <= 20 ms),
      beside the client-observed ack latency.
@@ -77,7 +79,7 @@ async def wait_up(port: int, proc: subprocess.Popen[bytes], deadline: float) -> 
 
 
 async def chat_loop(url: str, until: float, acks: list[float], replies: list[float], offset: int,
-                    forward_ms: list[float]) -> None:
+                    forward_ms: list[float], first: list[tuple[int, float]] | None = None) -> None:
     """Chat until `until`; a reply started before the deadline is finished and counted."""
     def on_frame(frame: dict) -> None:
         if frame["type"] == "response.delta":
@@ -91,6 +93,8 @@ async def chat_loop(url: str, until: float, acks: list[float], replies: list[flo
         i += 1
         if result.ack_s is not None:
             acks.append(result.ack_s * 1000.0)
+        if first is not None and result.first_delta_s is not None:
+            first.append((i - offset, result.first_delta_s))  # (turn index in this session, seconds)
         if result.end is not None and result.end["finish_reason"] in ("stop", "length"):
             replies.append(time.monotonic())
         elif result.errors:
@@ -135,18 +139,23 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         # 2. one sequential client (the baseline)
         acks_seq: list[float] = []
         done_seq: list[float] = []
+        first_seq: list[tuple[int, float]] = []
         started = time.monotonic()
-        await chat_loop(url, started + args.seconds, acks_seq, done_seq, 0, [])
+        await chat_loop(url, started + args.seconds, acks_seq, done_seq, 0, [], first_seq)
         out["sequential_replies"] = len(done_seq)
         out["sequential_replies_per_min"] = len(done_seq) / ((time.monotonic() - started) / 60.0)
+        out["sequential_first_token_p50_s"] = pct([t for _, t in first_seq], 0.5)
+        out["sequential_first_token_p90_s"] = pct([t for _, t in first_seq], 0.9)
+        out["turn3_first_token_p50_s"] = pct([t for n, t in first_seq if n >= 2], 0.5)  # turn 3 and later
 
         # 3. concurrent clients
         before = metrics(port)
         acks: list[float] = []
         done: list[float] = []
         forward: list[float] = []
+        first: list[tuple[int, float]] = []
         started = time.monotonic()
-        await asyncio.gather(*(chat_loop(url, started + args.seconds, acks, done, i, forward)
+        await asyncio.gather(*(chat_loop(url, started + args.seconds, acks, done, i, forward, first)
                                for i in range(args.clients)))
         elapsed = time.monotonic() - started
         after = metrics(port)
@@ -154,6 +163,9 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         out["concurrent_replies"] = len(done)
         out["concurrent_replies_per_min"] = len(done) / (elapsed / 60.0)
         out["throughput_ratio"] = out["concurrent_replies_per_min"] / max(out["sequential_replies_per_min"], 1e-9)
+        out["concurrent_first_token_p50_s"] = pct([t for _, t in first], 0.5)
+        out["concurrent_first_token_p90_s"] = pct([t for _, t in first], 0.9)
+        out["prefix_hit_rate"] = after.get("xdai_prefix_hit_rate", float("nan"))
         out["client_ack_p50_ms"] = pct(acks, 0.5)
         out["client_ack_p99_ms"] = pct(acks, 0.99)
         out["client_delta_latency_p50_ms"] = pct(forward, 0.5)
@@ -193,7 +205,12 @@ def main() -> None:
           f"{figures['rss_per_connection_kb']:.1f} KB each; {args.clients} clients: ack p99 "
           f"{figures['server_ack_p99_ms']:.2f} ms, delta forward p99 {figures['server_delta_forward_p99_ms']:.2f} ms "
           f"(server side); {figures['concurrent_replies_per_min']:.1f} replies/min vs "
-          f"{figures['sequential_replies_per_min']:.1f} sequential (x{figures['throughput_ratio']:.2f})")
+          f"{figures['sequential_replies_per_min']:.1f} sequential (x{figures['throughput_ratio']:.2f}, target >= 2.5); "
+          f"first token p50/p90 {figures['concurrent_first_token_p50_s']:.2f}/"
+          f"{figures['concurrent_first_token_p90_s']:.2f} s vs {figures['sequential_first_token_p50_s']:.2f}/"
+          f"{figures['sequential_first_token_p90_s']:.2f} s alone (turn 3+ alone: "
+          f"{figures['turn3_first_token_p50_s']:.2f} s); prefix hit rate {figures['prefix_hit_rate']:.2f}; "
+          f"load {figures['load_average_1min']:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
 

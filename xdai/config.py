@@ -77,7 +77,7 @@ class ServerConfig:
     max_frame_bytes: int = 65536
     max_message_chars: int = 4000  # a longer message could not fit the prompt budget anyway
     queue_size: int = 32
-    workers: int = 2
+    workers: int = 8  # turns in flight at once: their model calls join one batch (xdai.backends.engine)
     idle_timeout_s: float = 1800.0
     rate_limit_per_s: float = 5.0
     rate_limit_burst: float = 10.0  # frames a connection may send at once before the rate applies

@@ -127,7 +127,8 @@ async def sample_candidates(backend: Backend, infill: Infill, settings: Generati
     """`n` fills of the mask, sample i with seed `settings.seed + i`. A backend that decodes candidates together
     (`fill_candidates`: llama_cpp's engine shares the prompt's evaluation, hf uses one `generate` call) gets
     them as one request, read concurrently; any other backend samples them in turn."""
-    many = getattr(backend, "fill_candidates", None)
+    # looked up on the class: a wrapper that overrides `fill` and forwards the rest must not be bypassed
+    many = getattr(backend, "fill_candidates", None) if hasattr(type(backend), "fill_candidates") else None
     if not callable(many) or n == 1:
         return [await _sample(backend, infill, settings, i) for i in range(n)]
     seeded = [dataclasses.replace(settings, seed=None if settings.seed is None else settings.seed + i) for i in range(n)]

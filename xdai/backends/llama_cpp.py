@@ -166,7 +166,7 @@ class LlamaCppBackend:
 
     def prefix_stats(self) -> PrefixStats:
         """How much of the prompts the engine did not evaluate again (`hit_rate`), since it started."""
-        return self.engine.stats().prefix
+        return self.engine.prefix_stats()
 
     def _fit(self, tokens: list[int], room: int) -> list[int]:
         """Keep the prompt inside the context window, dropping its oldest tokens if it must."""

@@ -84,7 +84,11 @@ class Job:
 
 
 class GenerationPool:
-    """`workers` threads, each with its own event loop, behind a queue of at most `queue_size` waiting turns."""
+    """`workers` threads, each with its own event loop, behind a queue of at most `queue_size` waiting turns.
+
+    Nothing here serialises on the model: each worker's turn submits to its backend, and the llama_cpp backend's
+    engine decodes the turns of all workers together (continuous batching), so more workers means more sessions
+    in one batch, not more contention."""
 
     def __init__(self, workers: int, queue_size: int) -> None:
         self.capacity = max(workers, 1) + max(queue_size, 0)

@@ -157,6 +157,17 @@ class XdaiServer:
         m.gauge("xdai_sessions_live", "Sessions held in memory.", lambda: len(self.hub.sessions) if self.hub else 0)
         m.gauge("xdai_prefix_hit_rate", "Share of prompt tokens the model's engine did not evaluate again (cached "
                 "prefixes: a bot's persona, a session's previous turn).", self._prefix_hit_rate)
+        m.gauge("xdai_prefix_hit_rate", "Share of prompt tokens the model's engine did not evaluate again (cached "
+                "prefixes: a bot's persona, a session's previous turn).", self._prefix_hit_rate)
+
+    def _prefix_hit_rate(self) -> float:
+        engines = {}
+        for agent in self.agents.values():
+            stats = getattr(getattr(agent, "backend", None), "prefix_stats", None)
+            if callable(stats):
+                engines[id(getattr(agent.backend, "engine", agent.backend))] = stats()
+        prompt = sum(s.prompt_tokens for s in engines.values())
+        return sum(s.reused_tokens for s in engines.values()) / prompt if prompt else 0.0
 
     def _prefix_hit_rate(self) -> float:
         engines = {}

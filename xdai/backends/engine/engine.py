@@ -125,6 +125,10 @@ class Engine:
             kv_capacity=self.kv.capacity, cached_prefixes=len(self.prefix),
             prefix=dataclasses.replace(self.prefix.stats)))
 
+    def prefix_stats(self) -> PrefixStats:
+        """The prefix cache's counters without waiting for the loop (a snapshot read between two updates)."""
+        return dataclasses.replace(self.prefix.stats)
+
     def kv_positions(self) -> dict[int, int]:
         """Largest position llama.cpp holds for each sequence id (-1: empty), read between two steps."""
         return self.call(lambda: {s: self.runner.seq_pos_max(s) for s in range(self.config.max_seqs)})
