@@ -167,7 +167,10 @@ class Engine:
         self._post(add)
 
     def _control(self, stream: Stream, finish: Finish) -> None:
-        self._post(lambda: self._drop(stream, finish))
+        try:
+            self._post(lambda: self._drop(stream, finish))
+        except EngineError:  # closed: the stream was ended with it
+            pass
 
     def _post(self, fn: Callable[[], None]) -> None:
         with self._lock:
@@ -187,7 +190,10 @@ class Engine:
                     break
                 inbox, self._inbox = self._inbox, []
             for fn in inbox:
-                fn()
+                try:
+                    fn()
+                except Exception:  # a bad request or control must not stop the loop that serves everyone
+                    log.exception("engine request failed")
             if self.scheduler.has_work:
                 try:
                     self.step()

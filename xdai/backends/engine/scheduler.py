@@ -74,7 +74,8 @@ class Scheduler:
             group = self.waiting[0]
             leader = group.leader
             members = group.members
-            if self.running and len(self.running) + len(members) > self.config.max_running:
+            active = len(self.running) + sum(len(f) for f in self.forks.values())
+            if active and active + len(members) > self.config.max_running:
                 return
             # a generating leader needs the logits of its last prompt token, a scorer those from score_start - 1
             # (and every request evaluates at least one token)
