@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("xdai.commands.eval", "eval_group", "Evaluate dialogue quality (KdConv replay, ablations)."),
     "serve": ("xdai.commands.serve", "serve", "Serve bots over WebSocket with the web chat page."),
     "model": ("xdai.commands.model", "model", "Run and inspect the GLM engine (generate, DeepSpeed)."),
+    "memory": ("xdai.commands.memory", "memory", "List and forget what bots remember of a user."),
 }
 
 

@@ -135,11 +135,14 @@ class Client:
 
     # -- protocol --------------------------------------------------------------------------------------------
     async def open(self, bot: str, *, session_id: str | None = None, resume_from_seq: int | None = None,
-                   auth: str | None = None, resume_token: str | None = None, timeout: float = 60.0) -> Frame:
+                   auth: str | None = None, resume_token: str | None = None, user: str | None = None,
+                   timeout: float = 60.0) -> Frame:
         """``session.open``; returns ``session.opened`` or raises `ServerError`. Reopening a session needs its
         `resume_token` (the one this client was given for it is used when none is passed) or the API key that
-        opened it."""
+        opened it. `user` gives a new session that user's long-term memory."""
         fields: dict[str, Any] = {"bot": bot}
+        if user is not None:
+            fields["user"] = user
         if session_id:
             fields["session_id"] = session_id
             token = resume_token or (self.resume_token if session_id == self.session_id else None)
@@ -181,6 +184,23 @@ class Client:
 
     async def cancel(self, reply_to: str) -> None:
         await self.send_frame("response.cancel", reply_to=reply_to)
+
+    async def memory_list(self, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """``memory.list``: this session's user's memories for its bot (`ServerError` without a memory)."""
+        await self.send_frame("memory.list")
+        return (await self._answer("memory.items", timeout))["items"]
+
+    async def memory_forget(self, item: str | None = None, timeout: float = 30.0) -> int:
+        """``memory.forget``: delete them all (or `item`) for good; how many items went."""
+        await self.send_frame("memory.forget", **({"item": item} if item else {}))
+        return (await self._answer("memory.forgotten", timeout))["count"]
+
+    async def _answer(self, kind: str, timeout: float) -> Frame:
+        frame = await self.recv_matching(
+            lambda f: f["type"] == kind or (f["type"] == "error" and f.get("seq") is None), timeout)
+        if frame["type"] == "error":
+            raise ServerError(frame)
+        return frame
 
     async def ping(self, timeout: float = 30.0) -> Frame:
         await self.send_frame("ping")

@@ -72,7 +72,9 @@ class ServerConfig:
     session_store: str = "sqlite"  # sqlite | redis
     sqlite_path: str = "stores/sessions.sqlite3"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    api_keys: list[str] = field(default_factory=list)
+    # each a key, or {key: ..., tenant: NAME}: the users a key's sessions name are the tenant's (xdai.memory), so
+    # one key never reads another's memories; a key without a tenant is a tenant of its own
+    api_keys: list[str | dict[str, str]] = field(default_factory=list)
     allowed_origins: list[str] = field(default_factory=list)
     max_frame_bytes: int = 65536
     max_message_chars: int = 4000  # a longer message could not fit the prompt budget anyway
@@ -98,6 +100,8 @@ class ServerConfig:
     max_turns_per_key: int = 0  # replies in flight per API key (0: no cap)
     orphan_turn_grace_s: float = 30.0  # a reply whose session lost its connection is cancelled after this
     eval_dir: str = "stores/studies"  # pairwise studies served at /eval/<id> (xdai eval pairs build writes them)
+    memory: bool = True  # sessions opened with a user remember them across sessions (xdai.memory)
+    memory_extractor: str = "rules"  # rules | model | both: what finds the facts (docs/protocol.md, Memory)
 
     def check(self, where: str = "server") -> None:
         """Normalise what can be written several ways, refuse what cannot be used; ConfigError names the key."""
@@ -108,6 +112,29 @@ class ServerConfig:
             except ValueError as exc:
                 raise ConfigError(f"{where}.allowed_origins[{i}]: {exc}") from None
         self.allowed_origins = origins
+        for i, entry in enumerate(self.api_keys):
+            problem = _key_problem(entry)
+            if problem:
+                raise ConfigError(f"{where}.api_keys[{i}]: {problem}")
+        if self.memory_extractor not in ("rules", "model", "both"):
+            raise ConfigError(f"{where}.memory_extractor: {self.memory_extractor!r} is not one of rules, model, both")
+
+
+def _key_problem(entry: Any) -> str | None:
+    """What is wrong with an ``api_keys`` entry (never quoting the key), or None."""
+    if isinstance(entry, str):
+        return None if entry else "an empty key"
+    if not isinstance(entry, dict):
+        return f"expected a key or {{key, tenant}}, got {type(entry).__name__}"
+    unknown = set(entry) - {"key", "tenant"}
+    if unknown:
+        return f"unknown field(s) {sorted(unknown)} (expected key, tenant)"
+    if not isinstance(entry.get("key"), str) or not entry["key"]:
+        return "'key' must be a non-empty string"
+    tenant = entry.get("tenant")
+    if tenant is not None and (not isinstance(tenant, str) or not re.fullmatch(r"[a-z0-9_-]{1,64}", tenant)):
+        return "'tenant' must be 1-64 characters of a-z, 0-9, '_' and '-'"
+    return None
 
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")

@@ -97,6 +97,9 @@ class History:
     _embedder_name: str | None = field(default=None, repr=False)
     _embedder: Embedder | None = field(default=None, repr=False)
     _extras: dict[int, Any] = field(default_factory=dict, repr=False)
+    # The user's long-term memory for this bot (`xdai.memory.recall.MemoryRecall`), when the session has a user:
+    # what they said in earlier sessions, recalled by the turn like knowledge. None: no memory.
+    memory: Any = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.exchanges)

@@ -25,13 +25,15 @@ from xdai.history import Exchange, ScoredExchange
 from xdai.lorebook import Placement, placement
 
 PartKind = Literal[
-    "persona", "lore", "background", "example", "knowledge", "exchange", "utterance", "mask", "post_response"
+    "persona", "lore", "background", "example", "memory", "knowledge", "exchange", "utterance", "mask",
+    "post_response"
 ]
 REQUIRED = math.inf
 MASK = "[MASK]"
 # Priorities of optional parts (higher is kept longer); a part's relevance score in [0, 1) breaks ties in a tier.
 TIER_LAST_EXCHANGE = 100.0
 TIER_UTTERANCE_KNOWLEDGE = 90.0
+TIER_MEMORY = 80.0  # what the user told the bot in earlier sessions (xdai.memory), when relevant to this turn
 TIER_EXCHANGE = 50.0
 TIER_EXCHANGE_KNOWLEDGE = 40.0
 TIER_BACKGROUND = 30.0
@@ -170,7 +172,7 @@ class Prompt:
         """The knowledge the reply is grounded on: {source_id, kind, score, text} per knowledge/background part."""
         out = []
         for part in self.parts:
-            if part.kind in ("knowledge", "background", "lore"):
+            if part.kind in ("knowledge", "background", "lore", "memory"):
                 out.append(
                     {
                         "source_id": part.why.get("id", ""),
@@ -206,9 +208,11 @@ class Prompt:
         """A compact, readable account: every part, its reason, and what the budget cut."""
         kept = sum(1 for s in self.selection if s.selected)
         knowledge = sum(1 for p in self.parts if p.kind in ("knowledge", "background", "lore"))
+        memories = sum(1 for p in self.parts if p.kind == "memory")
         lines = [
             f"prompt: {self.tokens}/{self.budget_tokens} tokens · {kept} of {len(self.selection)} earlier exchanges"
-            f" · {knowledge} knowledge part(s)" + (f" · condition {self.condition!r}" if self.condition else ""),
+            f" · {knowledge} knowledge part(s)" + (f" · {memories} memory part(s)" if memories else "")
+            + (f" · condition {self.condition!r}" if self.condition else ""),
             "",
         ]
         for part in self.parts:
@@ -240,6 +244,12 @@ def _reason(part: Part) -> str:
             f"{' for ' + target if target else ''} from {why.get('store', '?')}"
             f" ({why.get('source_file', '')} {why.get('source_record', '')})".rstrip()
         )
+    if part.kind == "memory":
+        budget = " (over the memory budget)" if why.get("dropped_by") == "memory budget" else ""
+        return (f"memory {why.get('id', '')} score {why.get('score', 0):.3f}"
+                f"{' cue ' + repr(why['matched']) if why.get('matched') else ''} ({why.get('memory_kind')} "
+                f"{why.get('slot')}) from session {why.get('session')} seq {why.get('seq')} {why.get('time', '')}"
+                f"{budget}").rstrip()
     if part.kind == "lore":
         return (f"lorebook entry keys={why.get('keys')} id={why.get('id')} matched={why.get('matched')!r}"
                 f" score={why.get('score', 1.0):.2f} position={why.get('position')}")
@@ -352,8 +362,14 @@ class PromptBuilder:
         lore: Sequence[Any] = (),
         condition: tuple[str, str] | None = None,
         budget_tokens: int | None = None,
+        memory: Sequence[Any] = (),
+        memory_budget_tokens: int | None = None,
     ) -> Prompt:
-        """Order the parts, then fit them to `budget_tokens` (the persona's budget when None)."""
+        """Order the parts, then fit them to `budget_tokens` (the persona's budget when None).
+
+        `memory`: the user's memories recalled for this turn, best first (`xdai.memory.recall.MemoryHit`: `text`,
+        `score`, `why()`); they share `memory_budget_tokens` (the persona's ``selection.memory_budget_tokens``
+        when None) and are dropped beyond it, least relevant first."""
         persona = self.persona
         budget = int(budget_tokens if budget_tokens is not None else persona.selection.budget_tokens)
         exchange_knowledge = exchange_knowledge or {}
@@ -424,6 +440,9 @@ class PromptBuilder:
             text = header[3].format(text=title + clip_text(self._esc(item.text), MAX_KNOWLEDGE_CHARS))
             parts.append(Part("background", text, TIER_BACKGROUND + _unit(item.score), item.why("background")))
 
+        memory_parts = self._memory_parts(memory, memory_budget_tokens)
+        parts.extend(p for p in memory_parts if p.why.get("dropped_by") is None)
+
         last = max((s.index for s in selection if s.selected), default=None)
         for scored in selection:
             if not scored.selected:
@@ -446,7 +465,9 @@ class PromptBuilder:
         if condition is not None:
             name, post = condition
             parts.append(Part("post_response", self.line(self.user, post), why={"condition": name, "text": post}))
-        return self._fit(parts, budget, utterance, list(selection), condition[0] if condition else None)
+        prompt = self._fit(parts, budget, utterance, list(selection), condition[0] if condition else None)
+        prompt.dropped.extend(p for p in memory_parts if p.why.get("dropped_by") is not None)
+        return prompt
 
     def _lore_slot(self, hit: Any, selection: Sequence[ScoredExchange]) -> tuple[str, int | None]:
         """Where a lore activation goes: its position (personality/scenario fall back to the entry's own position
@@ -466,6 +487,24 @@ class PromptBuilder:
             if messages:
                 above, anchor = above - messages, scored.index
         return position, anchor
+
+    def _memory_parts(self, memory: Sequence[Any], budget: int | None) -> list[Part]:
+        """One part per recalled memory ("小呆记得：用户住在杭州"), in recall order; those past the memory budget
+        are marked ``dropped_by: "memory budget"`` (the caller lists them as dropped)."""
+        if budget is None:
+            budget = int(getattr(self.persona.selection, "memory_budget_tokens", 120))
+        lead = f"{self.bot}记得：" if self.language == "zh" else f"{self.bot} remembers: "
+        parts, used = [], 0
+        for hit in memory:
+            part = Part("memory", lead + clip_text(self._esc(hit.text), MAX_KNOWLEDGE_CHARS),
+                        TIER_MEMORY + _unit(hit.score), hit.why())
+            part.tokens = self.count(part.text) + 1
+            if used + part.tokens > budget:
+                part.why["dropped_by"] = "memory budget"
+            else:
+                used += part.tokens
+            parts.append(part)
+        return parts
 
     def _own_raw(self, text: str) -> str:
         return self.persona.fill_macros(text or "")

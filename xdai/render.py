@@ -168,7 +168,7 @@ class ChatRenderer:
                 system.append(part.text)
             elif part.kind == "example":
                 examples.append(part.text.split("\n", 1)[1] if "\n" in part.text else part.text)
-            elif part.kind in ("knowledge", "background"):
+            elif part.kind in ("knowledge", "background", "memory"):  # a memory: what the user said before
                 reference.append(_reference_text(part, words["qa"], (bot, user)))
             elif part.kind == "exchange":
                 for role, key in (("user", "user"), ("assistant", "bot")):

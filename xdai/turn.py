@@ -77,6 +77,7 @@ class Agent(Responder):
         self.renderer = renderer_for(backend, rendering)
         self.use_knowledge = True  # evaluation ablations switch these off
         self.use_selection = True
+        self.use_memory = True
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
@@ -165,6 +166,7 @@ class Agent(Responder):
             background=background,
             lore=lore,
             condition=cond,
+            memory=self._recall(history, utterance),
         )
         # Questions the user might ask next: the other QA pairs retrieved for this utterance.
         prompt.suggestions = [k.q for k in qa[1:] if k.q][:3] if self.use_knowledge and self.stores else []
@@ -273,6 +275,16 @@ class Agent(Responder):
             for i, e in enumerate(history.exchanges)
         ]
         return scored, vectors
+
+    def _recall(self, history: History, utterance: str) -> list[Any]:
+        """The user's memories relevant to this turn (`xdai.memory`): from the memory the session carries
+        (``history.memory``, set by whoever opened it for a user), unless the persona keeps none."""
+        memory = getattr(history, "memory", None)
+        if memory is None or not self.use_memory or not getattr(self.persona, "memory", True):
+            return []
+        spec = self.persona.selection
+        threshold = spec.memory_threshold if spec.memory_threshold is not None else spec.qa_threshold
+        return memory.recall(utterance, embedder=self.embedder, k=spec.memory_k, threshold=threshold)
 
     def _expanded_queries(self, utterance: str, context: list[str]) -> list[str]:
         """The texts the stores' retrievers will embed for the utterance (entity-expanded in dialogue context)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -24,8 +25,10 @@ HELP = "/explain: the last prompt, annotated · /condition NAME|text:...: condit
 @click.option("--history", "history_file", type=click.Path(dir_okay=False), default=None,
               help="JSONL file to resume from and save to (default: a new file under the cache folder).")
 @click.option("--seed", type=int, default=None, help="Sampling seed, for reproducible replies.")
+@click.option("--user", "memory_user", default=None, help="Remember this user across chats (the service's memory "
+              "store, server.session_store), as a session opened with a user does.")
 def chat(bot_name: str | None, persona: str | None, knowledge: tuple[str, ...], backend: str | None,
-         model: str | None, history_file: str | None, seed: int | None) -> None:
+         model: str | None, history_file: str | None, seed: int | None, memory_user: str | None) -> None:
     """Chat with a persona in the terminal. The history is saved after every turn."""
     from xdai.config import load_config
     from xdai.flows import FlowAgent
@@ -60,6 +63,10 @@ def chat(bot_name: str | None, persona: str | None, knowledge: tuple[str, ...], 
     save_to = Path(history_file) if history_file else (
         Path(cfg.paths.cache_dir).expanduser() / "chats" / f"{agent.persona.name}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     )
+    memory = None
+    if memory_user is not None and agent.persona.memory:
+        memory = open_memory(cfg, memory_user, bot_name or Path(persona).stem)
+        history.memory = memory
     bot, user = agent.builder.bot + agent.builder.sep, agent.builder.user + agent.builder.sep
     click.secho(f"{agent.persona.name} · history saved to {save_to} · {HELP}", dim=True, err=True)
     if not history.exchanges:
@@ -79,6 +86,7 @@ def chat(bot_name: str | None, persona: str | None, knowledge: tuple[str, ...], 
         if command == "/reset":
             agent.close_session(session)
             history = agent.new_history()
+            history.memory = memory
             condition = None
             click.secho("(history cleared)", dim=True)
             click.echo(f"{bot}{agent.greeting()}")
@@ -129,7 +137,37 @@ def chat(bot_name: str | None, persona: str | None, knowledge: tuple[str, ...], 
             continue
         history.append(line, reply.text)
         write_history_jsonl(history, save_to)
+        if memory is not None:
+            remember(memory, line, session, len(history))
     click.secho(f"{len(history)} exchange(s) saved to {save_to}", dim=True, err=True)
+
+
+def open_memory(cfg: Any, user: str, bot: str) -> Any:
+    """`user`'s memory of `bot` in the configured store (`xdai.memory`)."""
+    from xdai.memory.items import check_user
+    from xdai.memory.recall import MemoryRecall
+    from xdai.memory.store import open_memory_store
+
+    try:
+        check_user(user)
+        s = cfg.server
+        store = open_memory_store(s.session_store, sqlite_path=s.sqlite_path, redis_url=s.redis_url, create=True)
+        return MemoryRecall(store, user, bot)
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(f"--user: {exc}") from None
+
+
+def remember(memory: Any, text: str, session: str, seq: int) -> None:
+    """After a turn is shown: the facts of the user's line (the rules), written to their memory."""
+    from xdai.memory.extract import RuleExtractor, detect_language
+    from xdai.memory.store import Provenance
+
+    facts = RuleExtractor().extract(text)
+    if facts:
+        changes = memory.store.apply(memory.user, memory.bot, facts, Provenance(session, seq, detect_language(text)))
+        saved = [c.item.text for c in changes if c.action != "kept"]
+        if saved:
+            click.secho(f"(remembered: {'; '.join(saved)})", dim=True)
 
 
 def open_session(agent: Responder, history: History) -> str:

@@ -51,8 +51,12 @@ def write_history_jsonl(history: History, path: str | Path) -> None:
 @click.option("--model", "-m", default=None, help="The model whose rendering to show (default: the configured one).")
 @click.option("--rendering", type=click.Choice(RENDERINGS), default="auto", show_default=True,
               help="How the model reads the prompt: auto picks by the backend and model (xdai.render).")
+@click.option("--user", default=None, help="Recall this user's long-term memory (the service's store; TENANT/USER "
+              "under API keys).")
+@click.option("--bot", "memory_bot", default=None, help="Whose memory of --user (default: the persona's name).")
 def prompt(utterance: str, persona: str | None, knowledge: tuple[str, ...], history_file: str | None,
-           condition: str | None, as_json: bool, model: str | None, rendering: str) -> None:
+           condition: str | None, as_json: bool, model: str | None, rendering: str, user: str | None,
+           memory_bot: str | None) -> None:
     """Show the prompt the bot would complete for UTTERANCE, why each part is in it, and the text the model
     reads (its rendering: the model's chat template, GLM infilling or the plain transcript)."""
     from xdai.config import load_config
@@ -68,6 +72,13 @@ def prompt(utterance: str, persona: str | None, knowledge: tuple[str, ...], hist
         if rendering != "transcript":
             agent.renderer = renderer_for(model_template(cfg.backend.name, model or cfg.backend.model,
                                                          cfg.paths.cache_dir), rendering)
+        if user is not None:
+            from xdai.memory.recall import MemoryRecall
+            from xdai.memory.store import open_memory_store
+
+            server = cfg.server
+            store = open_memory_store(server.session_store, sqlite_path=server.sqlite_path, redis_url=server.redis_url)
+            history.memory = MemoryRecall(store, user, memory_bot or Path(persona or cfg.persona).stem)
         built = agent.build_prompt(history, utterance, condition=condition)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:  # ConfigError, PersonaError, StoreError
         raise click.ClickException(str(exc)) from None

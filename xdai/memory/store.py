@@ -381,11 +381,13 @@ def memory_store_for(session_store: Any) -> MemoryStore | None:
     return None
 
 
-def open_memory_store(kind: str, *, sqlite_path: str, redis_url: str) -> MemoryStore:
-    """The configured memory store (`server.session_store`), for the CLI."""
+def open_memory_store(kind: str, *, sqlite_path: str, redis_url: str, create: bool = False) -> MemoryStore:
+    """The configured memory store (`server.session_store`), for the CLI; a SQLite file that is not there is
+    an error unless `create`."""
     if kind == "sqlite":
-        if not Path(sqlite_path).is_file():
+        if not create and not Path(sqlite_path).is_file():
             raise StorageError(f"{sqlite_path}: no session database there (server.sqlite_path)")
+        Path(sqlite_path).parent.mkdir(parents=True, exist_ok=True)
         return SQLiteMemoryStore(sqlite_path)
     if kind == "redis":
         return RedisMemoryStore(redis_url)

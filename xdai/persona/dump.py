@@ -110,6 +110,8 @@ def _xdai_fields(p: Persona, language: bool) -> dict[str, Any]:
     safety = {key: v for key, v in dataclasses.asdict(p.safety).items() if v}
     if safety:
         out["safety"] = safety
+    if not p.memory:
+        out["memory"] = False
     return out
 
 

@@ -408,6 +408,9 @@ def _xdai_spec(b: _Builder) -> dict[str, Callable[[_Loc], Any]]:
                 "bm25_weight": lambda v: b.number(v, False, 0.0),
                 "lore_scan_turns": lambda v: b.number(v, True, 0),
                 "budget_tokens": lambda v: b.number(v, True, 64),
+                "memory_k": lambda v: b.number(v, True, 0),
+                "memory_budget_tokens": lambda v: b.number(v, True, 0),
+                "memory_threshold": _optional(lambda v: b.number(v, False, -1.0, 1.0)),
             },
         )
         return d if d is _BAD else SelectionSpec(**d)
@@ -425,6 +428,7 @@ def _xdai_spec(b: _Builder) -> dict[str, Callable[[_Loc], Any]]:
         "conditions": lambda v: b.dict_of_strings(v, "condition"),
         "generation": lambda v: b.mapping(v, _generation_spec(b)),
         "safety": safety,
+        "memory": b.boolean,
     }
 
 

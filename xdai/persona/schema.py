@@ -95,6 +95,9 @@ class SelectionSpec:
     bm25_weight: float = 1.0
     lore_scan_turns: int = 3
     budget_tokens: int = 1536
+    memory_k: int = 3  # memories of the user recalled per turn at most (xdai.memory)
+    memory_budget_tokens: int = 120  # the memory parts' own share of the prompt
+    memory_threshold: float | None = None  # cosine a memory needs without a cue; None: qa_threshold
 
 
 @dataclass
@@ -336,6 +339,7 @@ class Persona:
     conditions: dict[str, str] = field(default_factory=dict)
     generation: dict[str, Any] = field(default_factory=dict)
     safety: SafetySpec = field(default_factory=SafetySpec)
+    memory: bool = True  # remember users across sessions (xdai.memory); false: this bot keeps nothing
     # Card fields xdai does not know, kept so that export gives them back: {"card": {...}, "data": {...},
     # "v1_mirror": [...], "mes_example": raw string}. Written by `xdai persona import`; authors leave it alone.
     card_extra: dict[str, Any] = field(default_factory=dict)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from xdai.responder import BotEvent, Delta, Reply, Responder, TurnEvent
+from xdai.service.memory import SessionMemory
 from xdai.service.metrics import Metrics
 from xdai.service.protocol import ProtocolError, scrub_paths, server_frame
 from xdai.service.security import TurnQuota, new_resume_token, same_principal, token_principal
@@ -174,6 +175,7 @@ class Turn:
     finished: bool = False  # response.end written (exactly once)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     tags: tuple[tuple[str, str], ...] = ()  # whose quota of turns in flight it counts against
+    seq: int | None = None  # the seq of the message's ack: where a memory taken from it came from
 
 
 @dataclass
@@ -191,6 +193,7 @@ class LiveSession:
     touched: float = field(default_factory=time.monotonic)
     # replies whose end could not be stored: (response_id, the frames sent for it), written before the next turn
     unsettled: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
+    summarized: int = 0  # exchanges a summary of this session covers (memory: summarised again when there are more)
 
     @property
     def id(self) -> str:
@@ -202,8 +205,9 @@ class Hub:
 
     def __init__(self, store: SessionStore, agents: dict[str, Responder], pool: GenerationPool, metrics: Metrics,
                  *, owner: str, max_message_chars: int, quota: TurnQuota | None = None,
-                 orphan_grace_s: float = 30.0, lease_s: float = 30.0) -> None:
+                 orphan_grace_s: float = 30.0, lease_s: float = 30.0, memory: SessionMemory | None = None) -> None:
         self.store, self.agents, self.pool, self.metrics = store, agents, pool, metrics
+        self.memory = memory  # long-term memory of sessions opened with a user (None: no memory at all)
         self.owner, self.max_message_chars = owner, max_message_chars
         self.quota = quota or TurnQuota({})
         self.orphan_grace_s, self.lease_s = orphan_grace_s, lease_s
@@ -307,7 +311,8 @@ class Hub:
 
     # -- opening and resuming --------------------------------------------------------------------------------
     async def open(self, sink: Sink, bot: str, session_id: str | None, resume_from_seq: int | None, *,
-                   principal: str | None = None, resume_token: str | None = None) -> LiveSession:
+                   principal: str | None = None, resume_token: str | None = None,
+                   user: str | None = None) -> LiveSession:
         """Create or reopen a session, attach `sink`, send ``session.opened`` and replay frames after the seq.
 
         A new session belongs to `principal` (an API key's) or, without one, to whoever holds the resume token
@@ -325,14 +330,19 @@ class Hub:
             owner = principal
             if owner is None:
                 token, owner = new_resume_token()
-            record = await self.db(self.store.create, uuid.uuid4().hex, bot, agent.greeting(), owner)
+            mine = {"user": user} if user is not None and self.memory is not None else {}
+            record = await self.db(self.store.create, uuid.uuid4().hex, bot, agent.greeting(), owner, **mine)
             s = LiveSession(record, agent, agent.new_history(), set(), record.next_seq, record.seq_reserved)
+            self._attach_memory(s)
             self.sessions[s.id] = s
         else:
             s = await self._load(session_id, principal, resume_token)
             if s.record.bot != bot:
                 raise ProtocolError("bot_mismatch", f"session {session_id} belongs to bot {s.record.bot!r}, not {bot!r}",
                                     field="bot")
+            if user is not None and self.memory is not None and user != s.record.user:
+                raise ProtocolError("invalid_frame", f"session {session_id} was opened for another user (or none): "
+                                    "resume it without 'user', or open a new session", field="user")
         async with s.lock:
             replay: list[dict[str, Any]] = []
             if resume_from_seq is not None:
@@ -353,6 +363,8 @@ class Hub:
                                   greeting=s.record.greeting, last_seq=s.next_seq - 1)
             if token is not None:
                 opened["resume_token"] = token
+            if getattr(s.history, "memory", None) is not None:
+                opened["memory"] = True
             sink.push(opened)
             for frame in replay:
                 sink.push(frame)
@@ -415,7 +427,8 @@ class Hub:
         current = self.sessions.get(session_id)
         if current is not None and current is not cached:  # loaded meanwhile by another connection
             return current
-        s = LiveSession(record, agent, history, seen, record.next_seq, record.next_seq - 1)
+        s = LiveSession(record, agent, history, seen, record.next_seq, record.next_seq - 1, summarized=len(history))
+        self._attach_memory(s)
         self.sessions[session_id] = s
         return s
 
@@ -447,8 +460,63 @@ class Hub:
         stale = [sid for sid, s in self.sessions.items()
                  if s.sink is None and s.turn is None and not s.unsettled and now - s.touched > idle_s]
         for sid in stale:
-            self.sessions.pop(sid).agent.close_session(sid)
+            s = self.sessions.pop(sid)
+            self._summarize(s)
+            s.agent.close_session(sid)
         return len(stale)
+
+    # -- long-term memory (xdai.service.memory) --------------------------------------------------------------
+    def _attach_memory(self, s: LiveSession) -> None:
+        """A session with a user carries the user's memory for its bot, unless the bot keeps none."""
+        if self.memory is not None and s.record.user and self.memory.enabled(s.agent):
+            self.memory.attach(s.history, s.record.user, s.record.bot)
+
+    def _remember(self, s: LiveSession, turn: Turn) -> None:
+        """After a completed exchange: extract its facts off the reply's path; once written, tell the client
+        (``event {name: "memory"}``), so that what it was told is on disk."""
+        if self.memory is None or getattr(s.history, "memory", None) is None or s.record.user is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def done(changes: list[Any]) -> None:
+            data = {"saved": [c.to_json() for c in changes if c.action != "kept"], "seq": turn.seq}
+            loop.call_soon_threadsafe(self._memory_event, s, data)
+
+        self.memory.observe(s.agent, s.record.user, s.record.bot, s.id, turn.seq, turn.text, done)
+
+    def _memory_event(self, s: LiveSession, data: dict[str, Any]) -> None:
+        if self.sessions.get(s.id) is s:  # a session let go meanwhile is reloaded from the store: not this one
+            self.emit_event(s, "memory", data)
+
+    def _summarize(self, s: LiveSession, *, use_model: bool = True) -> None:
+        """A session that idles out (or is left at shutdown) with exchanges not yet summarised: its summary."""
+        if self.memory is None or getattr(s.history, "memory", None) is None or s.record.user is None:
+            return
+        if len(s.history) <= s.summarized:
+            return
+        s.summarized = len(s.history)
+        pairs = [(e.user, e.bot) for e in s.history.exchanges]
+        self.memory.summarize(s.agent, s.record.user, s.record.bot, s.id, pairs, use_model=use_model)
+
+    async def memory_list(self, s: LiveSession) -> dict[str, Any]:
+        """``memory.list``: the session's own user's memories for its bot."""
+        user = self._memory_user(s)
+        return server_frame("memory.items", s.id, None, items=await self.db(self.memory.list, user, s.record.bot))
+
+    async def memory_forget(self, s: LiveSession, item: str | None) -> dict[str, Any]:
+        """``memory.forget``: delete the session's own user's memories for its bot (or the one `item`), for good."""
+        user = self._memory_user(s)
+        count = await self.db(self.memory.forget, user, s.record.bot, item)
+        frame = server_frame("memory.forgotten", s.id, None, count=count)
+        if item is not None:
+            frame["item"] = item
+        return frame
+
+    def _memory_user(self, s: LiveSession) -> str:
+        if self.memory is None or s.record.user is None or getattr(s.history, "memory", None) is None:
+            raise ProtocolError("memory_off", "this session has no long-term memory: open it with a 'user' (and a bot "
+                                "whose persona keeps memory) to have one")
+        return s.record.user
 
     # -- one message -----------------------------------------------------------------------------------------
     async def message(self, s: LiveSession, frame: dict[str, Any], received: float,
@@ -492,6 +560,7 @@ class Hub:
             async with s.lock:
                 await self._settle(s, reply_to=msg_id)
                 ack = self._frame(s, "message.ack", reply_to=msg_id)
+                turn.seq = ack["seq"]
                 stored = await self._write(self.store.add_user_message, s.id, msg_id, text, frame.get("metadata"),
                                            [ack], reply_to=msg_id)
                 s.seen.add(msg_id)
@@ -641,6 +710,7 @@ class Hub:
             else:
                 if status == "complete":
                     s.history.append(turn.text, text)
+                    self._remember(s, turn)
             finally:
                 s.pending.clear()
                 s.seq_reserved = s.next_seq - 1
@@ -681,6 +751,10 @@ class Hub:
         return len(late)
 
     def close(self) -> None:
+        if self.memory is not None:  # sessions still here get their summary (the user's own lines: no model now)
+            for s in list(self.sessions.values()):
+                self._summarize(s, use_model=False)
+            self.memory.close()
         self._db.submit(self.store.close).result()
         self._db.shutdown(wait=True)
 

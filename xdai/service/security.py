@@ -9,7 +9,7 @@ import hmac
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from xdai.config import normalize_origin
@@ -21,10 +21,25 @@ def _digest(kind: str, secret: str) -> str:
 
 class KeyRing:
     """Optional API keys: empty means open access. A key's principal (``key:<digest>``) is what owns the sessions
-    opened with it; the key itself is never kept."""
+    opened with it; the key itself is never kept. A key may name a tenant (``{key, tenant}``): the users its
+    sessions name are that tenant's (`tenant`); a key without one is a tenant of its own."""
 
-    def __init__(self, keys: Iterable[str]) -> None:
-        self._keys = [(k.encode(), "key:" + _digest("key", k)[:32]) for k in keys if k]
+    def __init__(self, keys: Iterable[str | Mapping[str, str]]) -> None:
+        self._keys: list[tuple[bytes, str]] = []
+        self._tenants: dict[str, str] = {}
+        for entry in keys:
+            key = entry.get("key", "") if isinstance(entry, Mapping) else entry
+            if not key:
+                continue
+            principal = "key:" + _digest("key", key)[:32]
+            self._keys.append((key.encode(), principal))
+            named = entry.get("tenant") if isinstance(entry, Mapping) else None
+            self._tenants[principal] = named or "key-" + principal[4:20]
+
+    def tenant(self, principal: str | None) -> str | None:
+        """Whose users a session opened by `principal` names: its key's tenant; None without keys (a user is
+        then trusted as given)."""
+        return self._tenants.get(principal) if principal is not None else None
 
     @property
     def required(self) -> bool:

@@ -34,9 +34,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from xdai.config import ServerConfig
+from xdai.memory.items import namespaced
+from xdai.memory.store import MemoryStore, memory_store_for
 from xdai.responder import Responder
 from xdai.service.assets import asset_index, asset_route, find_picture
 from xdai.service.engine import GenerationPool, Hub, LiveSession
+from xdai.service.memory import SessionMemory
 from xdai.service.metrics import Metrics
 from xdai.service.protocol import (
     CLOSE_GOING_AWAY,
@@ -129,7 +132,9 @@ class XdaiServer:
     ``/bots``. Both are plain tables that a reloader may swap entries of while serving."""
 
     def __init__(self, cfg: ServerConfig, bots: dict[str, BotInfo], agents: dict[str, Responder],
-                 store: SessionStore) -> None:
+                 store: SessionStore, memory: MemoryStore | None = None) -> None:
+        """`memory`: where users' long-term memories live (default: beside `store`, `memory_store_for`);
+        none at all when ``server.memory`` is false."""
         cfg.check()  # origins normalised (ConfigError naming the entry otherwise), as load_config does
         self.cfg, self.bots = cfg, bots
         self.metrics = Metrics()
@@ -143,6 +148,7 @@ class XdaiServer:
         self.rating = RatingDesk(cfg, self.keys, self.addresses, self.metrics)  # /eval: raters answer studies
         self.pool = GenerationPool(cfg.workers, cfg.queue_size)
         self.store = store
+        self.memory_store = (memory or memory_store_for(store)) if cfg.memory else None
         self.agents = agents
         self.hub: Hub | None = None
         self.connections: set[Connection] = set()
@@ -185,7 +191,9 @@ class XdaiServer:
         owner = self.cfg.instance_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.hub = Hub(self.store, self.agents, self.pool, self.metrics, owner=owner,
                        max_message_chars=self.cfg.max_message_chars, quota=self.quota,
-                       orphan_grace_s=self.cfg.orphan_turn_grace_s, lease_s=self.cfg.lease_s)
+                       orphan_grace_s=self.cfg.orphan_turn_grace_s, lease_s=self.cfg.lease_s,
+                       memory=None if self.memory_store is None else SessionMemory(
+                           self.memory_store, extractor=self.cfg.memory_extractor))
         recovered = await self.hub.recover()
         if recovered:
             log.warning("marked %d reply(ies) interrupted: their server is gone", len(recovered))
@@ -410,9 +418,12 @@ class XdaiServer:
                     raise ProtocolError("rate_limited", "too many new sessions from this address: at most "
                                         f"{self.cfg.ip_session_rate_per_s:g}/s", retryable=True,
                                         retry_after_ms=int(wait * 1000) + 1)
+            user = frame.get("user")
+            if user is not None:  # under API keys a user is the key's tenant's: one key never reads another's
+                user = namespaced(user, self.keys.tenant(conn.principal))
             conn.session = await self.hub.open(conn, frame["bot"], frame.get("session_id"),
                                                frame.get("resume_from_seq"), principal=conn.principal,
-                                               resume_token=frame.get("resume_token"))
+                                               resume_token=frame.get("resume_token"), user=user)
             return
         reply_to = frame.get("id") if kind == "message.create" else frame.get("reply_to")
         given = frame.get("session_id")
@@ -428,6 +439,10 @@ class XdaiServer:
             await self.hub.message(conn.session, frame, received, tags)
         elif kind == "response.cancel":
             self.hub.cancel(conn.session, frame["reply_to"])
+        elif kind == "memory.list":
+            conn.push(await self.hub.memory_list(conn.session))
+        elif kind == "memory.forget":
+            conn.push(await self.hub.memory_forget(conn.session, frame.get("item")))
 
     def _authenticate(self, conn: Connection, key: str | None) -> None:
         """The key in session.open: counted per address, and not even checked while the address backs off."""

@@ -71,6 +71,7 @@ class SessionRecord:
     last_seq: int  # highest seq written to the frame log
     seq_reserved: int  # highest seq that may have been sent
     principal: str | None = None  # who owns it (a digest, see security.py); None: made before sessions had owners
+    user: str | None = None  # whose long-term memory it uses (namespaced, see xdai.memory); None: no memory
 
     @property
     def next_seq(self) -> int:
@@ -88,7 +89,8 @@ class Lease:
 
 
 class SessionStore(Protocol):
-    def create(self, session_id: str, bot: str, greeting: str, principal: str | None = None) -> SessionRecord: ...
+    def create(self, session_id: str, bot: str, greeting: str, principal: str | None = None,
+               user: str | None = None) -> SessionRecord: ...
     def get(self, session_id: str) -> SessionRecord | None: ...
     def add_user_message(self, session_id: str, msg_id: str, text: str, metadata: dict[str, Any] | None,
                          frames: Sequence[dict[str, Any]]) -> bool: ...
@@ -175,6 +177,8 @@ class SQLiteSessionStore:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
             if "principal" not in columns:  # a database from before sessions had owners
                 self._db.execute("ALTER TABLE sessions ADD COLUMN principal TEXT")
+            if "user" not in columns:  # ... or users with a memory
+                self._db.execute("ALTER TABLE sessions ADD COLUMN user TEXT")
             self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('opened', ?)", (str(time.time()),))
         except StoreUnusable:
             self._db.close()
@@ -207,18 +211,19 @@ class SQLiteSessionStore:
                    (max(f["seq"] for f in frames), time.time(), session_id))
 
     @_sqlite_errors
-    def create(self, session_id: str, bot: str, greeting: str, principal: str | None = None) -> SessionRecord:
+    def create(self, session_id: str, bot: str, greeting: str, principal: str | None = None,
+               user: str | None = None) -> SessionRecord:
         now = time.time()
         self._tx(lambda db: db.execute(
-            "INSERT INTO sessions (session_id, bot, greeting, created, updated, principal) VALUES (?, ?, ?, ?, ?, ?)",
-            (session_id, bot, greeting, now, now, principal)))
-        return SessionRecord(session_id, bot, greeting, now, 0, 0, principal)
+            "INSERT INTO sessions (session_id, bot, greeting, created, updated, principal, user) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)", (session_id, bot, greeting, now, now, principal, user)))
+        return SessionRecord(session_id, bot, greeting, now, 0, 0, principal, user)
 
     @_sqlite_errors
     def get(self, session_id: str) -> SessionRecord | None:
         with self._lock:
-            row = self._db.execute("SELECT session_id, bot, greeting, created, last_seq, seq_reserved, principal "
-                                   "FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+            row = self._db.execute("SELECT session_id, bot, greeting, created, last_seq, seq_reserved, principal, "
+                                   "user FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
         return SessionRecord(*row) if row else None
 
     @_sqlite_errors
@@ -408,7 +413,8 @@ class RedisSessionStore:
                   "if tonumber(ARGV[1]) > v then redis.call('HSET', KEYS[1], 'last_seq', ARGV[1]) end "
                   "redis.call('HSET', KEYS[1], 'updated', ARGV[2]) return 1", 1, self._k(session_id), top, time.time())
 
-    def create(self, session_id: str, bot: str, greeting: str, principal: str | None = None) -> SessionRecord:
+    def create(self, session_id: str, bot: str, greeting: str, principal: str | None = None,
+               user: str | None = None) -> SessionRecord:
         now = time.time()
         created = self._r.hsetnx(self._k(session_id), "bot", bot)
         if not created:
@@ -417,15 +423,17 @@ class RedisSessionStore:
                                    "seq_reserved": 0}
         if principal is not None:
             mapping["principal"] = principal
+        if user is not None:
+            mapping["user"] = user
         self._r.hset(self._k(session_id), mapping=mapping)
-        return SessionRecord(session_id, bot, greeting, now, 0, 0, principal)
+        return SessionRecord(session_id, bot, greeting, now, 0, 0, principal, user)
 
     def get(self, session_id: str) -> SessionRecord | None:
         h = self._r.hgetall(self._k(session_id))
         if not h or "greeting" not in h:
             return None
         return SessionRecord(session_id, h["bot"], h["greeting"], float(h["created"]), int(h["last_seq"]),
-                             int(h["seq_reserved"]), h.get("principal"))
+                             int(h["seq_reserved"]), h.get("principal"), h.get("user"))
 
     def _message_key(self, role: str, msg_id: str) -> str:
         return f"{role}:{msg_id}"

@@ -167,7 +167,7 @@ def test_bad_cards_name_the_field(tmp_path) -> None:
         Persona.from_card_v2(card, source="aqua.json")
     assert [str(i) for i in err.value.issues] == [
         "aqua.json: data.extensions.xdai: unknown key 'mood' (known: language, bot_speaker, user_speaker, "
-        "knowledge, selection, conditions, generation, safety)",
+        "knowledge, selection, conditions, generation, safety, memory)",
         "aqua.json: data.tags: expected a list of strings, got the string 'goddess'",
         "aqua.json: data.extensions.xdai.selection.alpha: expected a number from 0.0 to 1.0, got a number (3)",
     ]

@@ -143,7 +143,7 @@ def test_cli_check_fails_with_every_error_and_a_summary(cli, write_yaml) -> None
         "alternate_greetings, mes_example, system_prompt, post_history_instructions, creator_notes, tags, creator, "
         "character_version, extensions, character_book, nickname, creator_notes_multilingual, source, "
         "group_only_greetings, creation_date, modification_date, assets, language, bot_speaker, user_speaker, "
-        "knowledge, selection, conditions, generation, safety, card_extra); put custom data under `extensions`",
+        "knowledge, selection, conditions, generation, safety, memory, card_extra); put custom data under `extensions`",
         "persona check: 2 files, 2 errors, 0 warnings: FAILED",
     ]
 
