@@ -274,12 +274,16 @@ class Support:
         if claim.kind in ("entity", "weekday"):
             return None
         words = _content_words(claim.clause)
+        found = None
         for clause, numbers, clause_words in self.clauses:
             same_kind = [n for n in numbers if n.kind == claim.kind]
             shared = words & clause_words
-            if same_kind and shared and all(n.value != claim.value for n in same_kind):
-                return Contradiction(claim, clause, tuple(sorted(shared)))
-        return None
+            if not (same_kind and shared):
+                continue
+            if any(n.value == claim.value for n in same_kind):
+                return None  # a knowledge clause about the same thing states this very number: it was taken from it
+            found = found or Contradiction(claim, clause, tuple(sorted(shared)))
+        return found
 
 
 def check_reply(reply: str, knowledge: Sequence[str], context: Sequence[str] = ()) -> Faithfulness:

@@ -80,3 +80,19 @@ def test_summary_counts_per_reply_and_share():
     s = summarise([good, bad])
     assert s["replies"] == 2 and s["share_unfaithful"] == 0.5 and s["unsupported_per_reply"] == 1.0
     assert s["contradictions_per_reply"] == 0.5
+
+
+def test_a_number_taken_from_the_knowledge_is_no_contradiction_of_its_neighbours():
+    # two injected items share words (分钟, 步行) but state different durations: the reply that copies one is faithful
+    knowledge = ["从杭州东站坐地铁一号线到龙翔桥站，C口出来步行五分钟即到；打车大约二十五分钟。",
+                 "云栖酒店在湖滨路二十八号，离西湖湖滨步行十分钟。"]
+    verdict = check_reply("坐地铁一号线到龙翔桥站，C口出来步行五分钟就到了。", knowledge, ["从东站怎么过来？"])
+    assert verdict.faithful, verdict.to_dict()
+    # ...but a number the knowledge does not state for it still contradicts
+    assert check_reply("步行二十分钟就到。", knowledge, []).contradictions
+
+
+def test_dictionary_words_jieba_tags_as_names_are_not_people():
+    assert find_claims("能干这么快的滑雪真是太棒了！") == []  # 滑雪, 太棒了: "nr" in jieba's dictionary
+    assert [c.text for c in find_claims("我们的总经理叫王建国。")] == ["王建国"]
+    assert [c.text for c in find_claims("老孙的金箍棒")] == ["老孙"]
