@@ -1,23 +1,31 @@
 """The virtual front desk: an FAQ question is answered grounded on the right item; a question its knowledge does
-not hold gets an honest "I don't know" and a hand-off offer as an event; asking for a person hands off."""
+not hold gets an honest "I don't know" and a hand-off offer as an event; asking for a person hands off. Whether
+the pack can answer is `xdai.answerability`'s calibrated call (bots/frontdesk/answerability.json), checked here
+against the labelled set it was calibrated on (tests/bots/data/answerability_frontdesk.jsonl)."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from xdai.answerability import Answerability, calibrate, read_labels
+
 from .conftest import BOTS_DIR
 
+LABELS = Path(__file__).with_name("data") / "answerability_frontdesk.jsonl"
 KNOWN = ["请问早餐是几点到几点？", "我几点能入住", "停车要钱吗", "怎么从东站过来", "有健身房吗", "wifi密码多少",
          "能寄存行李吗", "可以带狗吗", "附近好玩的地方", "会议室可以订吗", "湖景房在几楼", "酒店在哪里", "前台电话是多少"]
 UNKNOWN = ["你们经理叫什么名字", "帮我订一张去北京的机票", "你们有没有儿童乐园", "你们有接机服务吗",
            "附近哪家医院最好", "附近有地铁站吗"]
-# Questions the pack cannot answer that still score above the threshold with the bundled embedder (its cosine
-# scale is compressed: 0.88-0.89 here): they get a model answer grounded on the nearest item. Printed, not hidden.
-NEAR_MISSES = ["明天杭州天气怎么样", "酒店有几个电梯", "房间有浴缸吗", "可以用支付宝付款吗"]
+# Questions the pack cannot answer that scored above the old cosine threshold (0.87) with the bundled embedder
+# (its scale is compressed: 0.88-0.89), so they were answered from the nearest item; and the new-user trial's
+# inventions. Answerability declines them all.
+NEAR_MISSES = ["明天杭州天气怎么样", "酒店有几个电梯", "房间有浴缸吗", "可以用支付宝付款吗", "你们酒店有直升机停机坪吗？",
+               "能帮我订一张去北京的机票吗？", "酒店总经理叫什么名字？"]
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +33,28 @@ def desk(served: Callable[..., Any]) -> Any:
     return served("frontdesk", max_tokens=12)
 
 
-def test_threshold_separates_what_the_pack_knows(desk: Any) -> None:
-    threshold = sys.modules[type(desk.flow).__module__].KNOWN_THRESHOLD
-    known = {q: desk.search(q, k=1)[0].score for q in KNOWN}
-    unknown = {q: desk.search(q, k=1)[0].score for q in UNKNOWN}
-    near = {q: round(desk.search(q, k=1)[0].score, 3) for q in NEAR_MISSES}
-    print(f"\nfront desk threshold {threshold}: known min {min(known.values()):.3f} "
-          f"({min(known, key=known.get)}), unknown max {max(unknown.values()):.3f} ({max(unknown, key=unknown.get)}); "
-          f"near misses {near}")
-    assert min(known.values()) >= threshold > max(unknown.values()), (known, unknown)
+def test_answerability_separates_what_the_pack_knows(desk: Any) -> None:
+    model = sys.modules[type(desk.flow).__module__].ANSWERABILITY
+    stores = desk.agent.stores
+    verdicts = {q: model.judge(q, stores) for q in KNOWN + UNKNOWN + NEAR_MISSES}
+    print("\nfront desk answerability: " + "; ".join(f"{q} {v.probability:.2f}" for q, v in verdicts.items()))
+    assert all(verdicts[q].answerable for q in KNOWN), {q: verdicts[q].to_json() for q in KNOWN}
+    assert not any(verdicts[q].answerable for q in UNKNOWN + NEAR_MISSES), {
+        q: verdicts[q].to_json() for q in UNKNOWN + NEAR_MISSES}
+
+
+def test_answerability_is_calibrated_on_the_labelled_set_and_holds_out_a_third(desk: Any) -> None:
+    labels = read_labels(LABELS)
+    assert sum(r["answerable"] for r in labels) >= 40 and sum(not r["answerable"] for r in labels) >= 40
+    refit = calibrate(labels, desk.agent.stores, source="tests/bots/data/answerability_frontdesk.jsonl")
+    shipped = Answerability.load(BOTS_DIR / "frontdesk" / "answerability.json")
+    # the same fit (embeddings batched differently differ in the last float bits)
+    assert refit.weights == pytest.approx(shipped.weights, abs=2e-3) and refit.bias == pytest.approx(shipped.bias, abs=2e-3)
+    held = refit.report["held_out"]
+    print(f"\nheld out ({held['n']}): answer P={held['answer_precision']:.2f} R={held['answer_recall']:.2f}, "
+          f"decline P={held['decline_precision']:.2f} R={held['decline_recall']:.2f}")
+    for key in ("answer_precision", "answer_recall", "decline_precision", "decline_recall"):
+        assert held[key] >= 0.9, held
 
 
 async def test_faq_answer_is_grounded_on_the_right_item(desk: Any) -> None:
