@@ -10,6 +10,11 @@
 
 Events: ``phase`` {name, label, index, total}, ``actions`` {items: [{label, send}]}, ``timer``, ``suggestions``,
 ``summary`` {closing, summary, transcript, answers}, ``session.end``.
+
+Only the flow announces questions, and only those its bank holds: a model-written reply that announces one ("第4个
+问题", "下一个问题") is replaced by a follow-up on the candidate's own words (follow-ups) or cut before the
+announcement (Q&A). In the Q&A phase a question the company pack cannot answer (`xdai.answerability`, calibrated on
+tests/bots/data/answerability_interviewer.jsonl) gets an honest "I don't know" instead of the model's guess.
 """
 
 from __future__ import annotations
@@ -21,9 +26,17 @@ from typing import Any
 import yaml
 
 from knowledge import safe_yaml
+from xdai.answerability import Answerability
 from xdai.flows import Flow, FlowContext, clock_text
 
 CONFIG = Path(__file__).with_name("interview.yaml")
+ANSWERABILITY = Answerability.load(Path(__file__).with_name("answerability.json"))
+DONT_KNOW = "这个问题我这边没有确切的信息，不敢乱说；你可以在后面的 HR 面里再问问。"
+# A model-written announcement of a question ("第4个问题", "下一道题"): only the flow announces bank questions.
+ANNOUNCES = re.compile(r"第\s*[0-9０-９一二三四五六七八九十百]+\s*[个道]?\s*(?:问题|题)|下一[个道]?(?:问题|题)")
+GREETING = re.compile(r"^(?:你好|您好|大家好|面试官好|面试官你好|老师好|hi|hello|嗨|哈喽|谢谢|好的|嗯|啊)[啊呀！!，,。.～~\s]*$",
+                      re.IGNORECASE)
+SMALL_TALK = ("你好", "您好", "谢谢", "好的", "嗯", "明白了", "了解了", "没有了", "没问题")
 PHASE_LABELS = {"greeting": "自我介绍", "questions": "提问", "followup": "追问", "qa": "答疑环节", "end": "面试结束"}
 QA_TIMER = "qa"
 ENDED_REPLY = "本次面试已经结束了，感谢你的参与！结果会在两周内通知你。"
@@ -65,9 +78,17 @@ def load_interview(path: Path = CONFIG) -> dict[str, Any]:
 
 
 def first_clause(text: str, limit: int = 24) -> str:
-    """The candidate's own words to quote in a follow-up: the first clause, cut to `limit` characters."""
-    clause = re.split(r"[。！？!?；;，,\n]", text.strip(), maxsplit=1)[0].strip()
+    """The candidate's own words to quote in a follow-up or a summary: the first clause that is not a greeting
+    ("你好，我是李雷" -> "我是李雷"), cut to `limit` characters."""
+    clauses = [c.strip() for c in re.split(r"[。！？!?；;，,\n]", text.strip()) if c.strip()]
+    clause = next((c for c in clauses if not GREETING.match(c)), clauses[0] if clauses else "")
     return clause if len(clause) <= limit else clause[:limit] + "…"
+
+
+def is_small_talk(text: str) -> bool:
+    """A greeting or thanks, not a question about the company."""
+    text = text.strip()
+    return not text or bool(GREETING.match(text)) or (len(text) <= 6 and text.startswith(SMALL_TALK))
 
 
 class Interview(Flow):
@@ -141,7 +162,12 @@ class Interview(Flow):
             else:
                 self._start_qa(ctx)
         elif phase == "qa":
-            state["asked"].append(text)
+            if not is_small_talk(text):
+                state["asked"].append(text)
+                verdict = ANSWERABILITY.judge(text, ctx.agent.agent.stores)
+                if not verdict.answerable:
+                    state.setdefault("declined", []).append({"question": text, **verdict.to_json()})
+                    ctx.say(DONT_KNOW)
             remaining = ctx.remaining(QA_TIMER)
             if remaining is not None:
                 timer = ctx.agent.timer_data(ctx.session, QA_TIMER)
@@ -165,10 +191,19 @@ class Interview(Flow):
         phase = state.get("phase", "greeting")
         if phase == "questions" and state.get("step") == "follow_up" and not ctx.scripted:
             answer = state["answers"][state["index"]]
-            if not re.search(r"[？?]", reply.text):  # the model did not ask: ask about the candidate's own words
-                reply.text = (reply.text.rstrip() + " " if reply.text.strip() else "") + (
-                    f"你刚才提到“{first_clause(answer['answer'])}”，能具体说说你是怎么做的吗？")
+            ask = f"你刚才提到“{first_clause(answer['answer'])}”，能具体说说你是怎么做的吗？"
+            chosen = (reply.prompt.rerank or {}).get("how", "rerank")
+            if ANNOUNCES.search(reply.text) or chosen != "rerank":
+                # it announced a question the bank may not hold, or every candidate invented something and the
+                # agent fell back to a fact or a decline: neither is a follow-up
+                reply.text = ask
+            elif not re.search(r"[？?]", reply.text):  # the model did not ask: ask about the candidate's own words
+                reply.text = (reply.text.rstrip() + " " if reply.text.strip() else "") + ask
             answer["follow_up"] = reply.text
+        elif phase == "qa" and not ctx.scripted:
+            found = ANNOUNCES.search(reply.text)
+            if found:  # keep what came before the announcement
+                reply.text = reply.text[: found.start()].rstrip(" ，,：:；;") or DONT_KNOW
         if phase == "qa" and not ctx.ended:
             ctx.suggest(self._unasked_suggestions(ctx), intro=self.config["suggestions_intro"])
         state["transcript"].append({"role": "candidate", "text": ctx.utterance or "", "phase": phase})

@@ -5,12 +5,21 @@ flow's logic is what is under test, the model only writes the follow-ups and the
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.fakes import ScriptedBackend
+from xdai.answerability import Answerability, calibrate, read_labels
 from xdai.flows import FlowEvent, ManualClock, describe_event
+from xdai.render import renderer_for
+
+from .conftest import BOTS_DIR
+
+LABELS = Path(__file__).with_name("data") / "answerability_interviewer.jsonl"
 
 
 def names(events: list[FlowEvent]) -> list[str]:
@@ -98,7 +107,7 @@ async def test_end_button_ends_the_interview_with_transcript_and_summary(intervi
     summary = named(events, "summary")[0]
     assert summary["reason"] == "candidate"
     assert "面试用时01:05" in summary["summary"] and "回答了题库0/2个问题" in summary["summary"]
-    assert "自我介绍：你好" in summary["summary"]
+    assert "自我介绍：我是李雷" in summary["summary"] and "你好" not in summary["summary"]  # greetings skipped
     assert [t["text"] for t in summary["transcript"]][-2:] == ["结束面试", reply.text]
     assert bot.session("interview-2").ended
 
@@ -107,3 +116,46 @@ async def test_end_button_ends_the_interview_with_transcript_and_summary(intervi
     bot.open_session("interview-3", other)
     reply, events = await bot.turn(other, "再见", session="interview-3")
     assert "session.end" in names(events) and bot.session("interview-2") is not bot.session("interview-3")
+
+
+def scripted(bot: Any, *replies: str) -> ScriptedBackend:
+    """The bot's model replaced by scripted replies (the flow's logic under test, not the model's)."""
+    backend = ScriptedBackend(list(replies))
+    bot.agent.backend, bot.agent.renderer = backend, renderer_for(backend)
+    return backend
+
+
+async def test_only_the_bank_announces_questions_and_the_summary_skips_greetings(interviewer: Any) -> None:
+    bot = interviewer
+    history = bot.new_history()
+    bot.open_session("interview-4", history)
+    scripted(bot, "很好，下一个问题：你为什么想离开上一家公司？", "嗯，第4个问题：你的期望薪资是多少？")
+    await bot.turn(history, "面试官好！我是韩梅梅，做过两年 Java 开发。", session="interview-4")
+    answer = "我负责过支付对账服务，每天处理一百万笔流水。"
+    reply, _ = await bot.turn(history, answer, session="interview-4")  # the model's follow-up announced a question
+    assert "下一个问题" not in reply.text and reply.text == "你刚才提到“我负责过支付对账服务”，能具体说说你是怎么做的吗？"
+    reply, _ = await bot.turn(history, "用对账文件逐笔比对。", session="interview-4")
+    assert "第2个问题" in reply.text  # the bank's own question, announced by the flow
+    await bot.turn(history, "先看执行计划。", session="interview-4")  # answer 2 -> the scripted "第4个问题" follow-up
+    state = bot.session("interview-4").state
+    assert all("第4个问题" not in a["follow_up"] for a in state["answers"]), state["answers"]
+    await bot.turn(history, "加了联合索引。", session="interview-4")  # -> Q&A
+    assert state["phase"] == "qa"
+    reply, _ = await bot.turn(history, "你们公司的股票代码是多少？", session="interview-4")  # the pack cannot say
+    assert reply.text == sys.modules[type(bot.flow).__module__].DONT_KNOW
+    await bot.turn(history, "好的，谢谢", session="interview-4")  # small talk: not a question about the company
+    reply, events = await bot.turn(history, "结束面试", session="interview-4")
+    summary = named(events, "summary")[0]["summary"]
+    assert "自我介绍：我是韩梅梅" in summary and "面试官好" not in summary
+    assert "答疑环节提问1个" in summary and "候选人关心：你们公司的股票代码是多少" in summary and "谢谢" not in summary
+
+
+def test_qa_answerability_is_calibrated_on_the_labelled_set(interviewer: Any) -> None:
+    labels = read_labels(LABELS)
+    assert sum(r["answerable"] for r in labels) >= 40 and sum(not r["answerable"] for r in labels) >= 40
+    refit = calibrate(labels, interviewer.agent.stores, source="tests/bots/data/answerability_interviewer.jsonl")
+    shipped = Answerability.load(BOTS_DIR / "interviewer" / "answerability.json")
+    assert refit.weights == pytest.approx(shipped.weights, abs=2e-3)  # the same fit, up to float noise
+    held = refit.report["held_out"]
+    for key in ("answer_precision", "answer_recall", "decline_precision", "decline_recall"):
+        assert held[key] >= 0.9, held
