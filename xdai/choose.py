@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from xdai.eval.faithfulness import CLAUSE_SPLIT, Faithfulness, Support, judge
+from xdai.eval.faithfulness import CLAUSE_SPLIT, Faithfulness, Support, judge, prompt_sources
 from xdai.eval.metrics import tokens
 from xdai.prompt import Prompt, escape_text
 
@@ -38,7 +38,6 @@ DECLINE = {
 }
 # Characters too common to show that a reply uses its knowledge (grounding counts content tokens only).
 FUNCTION_CHARS = set("的了是在我你他她它们也就都和与及或有没不很还又这那吗呢吧啊呀哦么个之其以而啦哈嗯哇呃")
-NO_GROUNDING_KINDS = ("lore",)
 
 
 @dataclass(frozen=True)
@@ -119,9 +118,7 @@ class PromptFacts:
 
     def __init__(self, prompt: Prompt) -> None:
         self.prompt = prompt
-        knowledge = [str(g["text"]) for g in prompt.grounding() if g["kind"] not in NO_GROUNDING_KINDS]
-        context = [p.why.get("text", p.text) if p.kind in ("lore",) else p.text
-                   for p in prompt.parts if p.kind in ("persona", "lore", "example", "exchange", "utterance")]
+        knowledge, context = prompt_sources(prompt)
         self.support = Support(knowledge, context)
         self.known = {t for t in tokens(" ".join(knowledge)) if not _function(t)}
         self.examples = [_strip_tag(line, prompt) for p in prompt.parts if p.kind == "example"

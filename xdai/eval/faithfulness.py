@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 ENTITY_FLAGS = {"nr", "nrfg", "nrt", "ns", "nt", "nz"}
 # The common surnames: a dictionary word jieba tags as a person's name is one only when it starts with one.
@@ -291,6 +292,22 @@ def check_reply(reply: str, knowledge: Sequence[str], context: Sequence[str] = (
     persona, utterance). Contradictions are taken from `knowledge` only."""
     support = Support(knowledge, context)
     return judge(reply, support)
+
+
+def prompt_sources(prompt: Any) -> tuple[list[str], list[str]]:
+    """(knowledge, context) of an `xdai.prompt.Prompt`: the injected knowledge (QA pairs, descriptions; not the
+    lorebook, which is the persona's world) and everything else a reply may take facts from (persona, lore,
+    examples, selected exchanges, the utterance)."""
+    knowledge = [str(g["text"]) for g in prompt.grounding() if g["kind"] != "lore"]
+    context = [str(p.why.get("text", p.text)) if p.kind == "lore" else p.text
+               for p in prompt.parts if p.kind in ("persona", "lore", "example", "exchange", "utterance")]
+    return knowledge, context
+
+
+def check_prompt_reply(reply: str, prompt: Any) -> Faithfulness:
+    """Judge a reply against the prompt that produced it."""
+    knowledge, context = prompt_sources(prompt)
+    return check_reply(reply, knowledge, context)
 
 
 def judge(reply: str, support: Support) -> Faithfulness:

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xdai.eval.faithfulness import check_prompt_reply
+from xdai.eval.faithfulness import summarise as summarise_faithfulness
 from xdai.eval.metrics import knowledge_f1, summarise, unigram_f1
 from xdai.history import Exchange, History
 
@@ -107,6 +109,7 @@ class Result:
     turn_f1: list[float]
     turn_knowledge_f1: list[float]
     grounding: list[list[str]]
+    faithfulness: list[dict[str, Any]] = field(default_factory=list)  # per reply: claims, unsupported, contradictions
 
 
 def replay(
@@ -122,23 +125,30 @@ def replay(
     try:
         for name in configs:
             agent.use_knowledge, agent.use_selection = CONFIGS[name]
-            replies, grounding = [], []
+            replies, grounding, verdicts = [], [], []
             for turn in turns:
                 history = History()
                 history.exchanges.extend(turn.exchanges)
                 reply = asyncio.run(agent.reply_text(history, turn.utterance))
                 replies.append(reply.text)
                 grounding.append([g["text"] for g in reply.grounding])
+                verdicts.append(check_prompt_reply(reply.text, reply.prompt))  # against what its prompt held
                 if progress:
                     progress(name)
+            faith = summarise_faithfulness(verdicts)
+            metrics = summarise(replies, [t.gold for t in turns], [t.knowledge for t in turns])
+            metrics.update(unsupported_per_reply=faith["unsupported_per_reply"],
+                           contradictions_per_reply=faith["contradictions_per_reply"],
+                           share_unfaithful=faith["share_unfaithful"])
             results.append(
                 Result(
                     config=name,
-                    metrics=summarise(replies, [t.gold for t in turns], [t.knowledge for t in turns]),
+                    metrics=metrics,
                     replies=replies,
                     turn_f1=[unigram_f1(r, t.gold) for r, t in zip(replies, turns, strict=True)],
                     turn_knowledge_f1=[knowledge_f1(r, t.knowledge) for r, t in zip(replies, turns, strict=True)],
                     grounding=grounding,
+                    faithfulness=[v.to_dict() for v in verdicts],
                 )
             )
     finally:
@@ -155,6 +165,7 @@ def to_json(turns: Sequence[Turn], results: Sequence[Result], meta: dict[str, An
              "history": [asdict(e) for e in t.exchanges],
              "replies": {r.config: r.replies[i] for r in results},
              "knowledge_f1": {r.config: round(r.turn_knowledge_f1[i], 4) for r in results},
+             "faithfulness": {r.config: r.faithfulness[i] for r in results if r.faithfulness},
              "grounding": {r.config: r.grounding[i] for r in results}}
             for i, t in enumerate(turns)
         ],

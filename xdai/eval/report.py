@@ -13,7 +13,18 @@ METRICS = [  # key, label, scale to percent
     ("distinct_2", "Distinct-2", 100.0),
     ("knowledge_f1", "Knowledge-F1", 100.0),
 ]
+# Faithfulness beside them (xdai.eval.faithfulness): claims nothing in the reply's prompt supports. Tables only:
+# unsupported claims per reply is a count, not a percentage.
+FAITHFULNESS = [  # key, label, scale
+    ("unsupported_per_reply", "Unsupported/reply", 1.0),
+    ("share_unfaithful", "Unfaithful %", 100.0),
+]
 COLOURS = ["#2f6db5", "#d9822b", "#3a9b5c", "#8e5bb5", "#c44e52"]
+
+
+def _columns(metrics: dict[str, dict[str, float]]) -> list[tuple[str, str, float]]:
+    """The table's columns: the quality metrics, then faithfulness where the report has it (older ones do not)."""
+    return METRICS + [m for m in FAITHFULNESS if all(m[0] in v for v in metrics.values())]
 
 
 def bar_chart(metrics: dict[str, dict[str, float]], width: int = 720, height: int = 300) -> str:
@@ -56,10 +67,11 @@ def render_html(report: dict[str, Any], *, samples: int = 30) -> str:
     meta = report["meta"]
     configs = list(metrics)
     e = html.escape
-    head = "".join(f"<th>{label}</th>" for _, label, _ in METRICS)
+    columns = _columns(metrics)
+    head = "".join(f"<th>{label}</th>" for _, label, _ in columns)
     rows = "".join(
         f"<tr><td>{e(c)}</td><td>{int(metrics[c]['turns'])}</td>"
-        + "".join(f"<td>{metrics[c][k] * s:.2f}</td>" for k, _, s in METRICS)
+        + "".join(f"<td>{metrics[c][k] * s:.2f}</td>" for k, _, s in columns)
         + "</tr>"
         for c in configs
     )
@@ -67,7 +79,8 @@ def render_html(report: dict[str, Any], *, samples: int = 30) -> str:
     sample_rows = []
     for t in turns:
         replies = "".join(
-            f"<div><b>{e(c)}</b> <span class=kf>kF1 {t['knowledge_f1'][c] * 100:.1f}</span>: {e(t['replies'][c])}</div>"
+            f"<div><b>{e(c)}</b> <span class=kf>kF1 {t['knowledge_f1'][c] * 100:.1f}</span>: {e(t['replies'][c])}"
+            f"{_unsupported(t, c)}</div>"
             for c in configs
         )
         history = "".join(f"<div class=h>U: {e(h['user'])}<br>S: {e(h['bot'])}</div>" for h in t["history"][-2:])
@@ -82,13 +95,16 @@ def render_html(report: dict[str, Any], *, samples: int = 30) -> str:
 body{{font-family:sans-serif;margin:2em;max-width:1200px;color:#222}}
 table{{border-collapse:collapse;margin:1em 0}} td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:13px}}
 th{{background:#f4f4f4}} .k{{color:#777;font-size:11px;margin-top:4px}} .h{{color:#666;font-size:12px}}
-.kf{{color:#2f6db5;font-size:11px}}
+.kf{{color:#2f6db5;font-size:11px}} .u{{color:#c44e52;font-size:11px}}
 </style></head><body>
 <h1>KdConv replay: knowledge and history selection ablations</h1>
 <table>{meta_rows}</table>
 <h2>Metrics</h2>
 <p>F1, Distinct and Knowledge-F1 in percent; BLEU is sacrebleu's corpus BLEU with the <code>zh</code> tokenizer.
-Knowledge-F1 is the token overlap of the reply with the gold attribute values.</p>
+Knowledge-F1 is the token overlap of the reply with the gold attribute values. Unsupported/reply counts the
+numbers, dates, times, prices, counts and names in a reply that nothing in its prompt (injected knowledge, selected
+history, persona, utterance) supports; Unfaithful % is the share of replies with any such claim or a contradiction
+of the injected knowledge.</p>
 <table><tr><th>configuration</th><th>turns</th>{head}</tr>{rows}</table>
 {bar_chart(metrics)}
 <h2>Sample turns (first {len(turns)})</h2>
@@ -98,11 +114,19 @@ Knowledge-F1 is the token overlap of the reply with the gold attribute values.</
 
 
 def metrics_table(metrics: dict[str, dict[str, float]], configs: Sequence[str] | None = None) -> str:
-    """The metrics side by side as plain text (the command's terminal output)."""
+    """The metrics side by side as plain text (the command's terminal output), faithfulness last."""
     configs = list(configs or metrics)
-    labels = [label for _, label, _ in METRICS]
-    lines = [f"{'configuration':<14}{'turns':>6}" + "".join(f"{label:>14}" for label in labels)]
+    columns = _columns({c: metrics[c] for c in configs})
+    lines = [f"{'configuration':<14}{'turns':>6}" + "".join(f"{label:>18}" for _, label, _ in columns)]
     for c in configs:
         m = metrics[c]
-        lines.append(f"{c:<14}{int(m['turns']):>6}" + "".join(f"{m[k] * s:>14.2f}" for k, _, s in METRICS))
+        lines.append(f"{c:<14}{int(m['turns']):>6}" + "".join(f"{m[k] * s:>18.2f}" for k, _, s in columns))
     return "\n".join(lines)
+
+
+def _unsupported(turn: dict[str, Any], config: str) -> str:
+    verdict = (turn.get("faithfulness") or {}).get(config)
+    if not verdict or not (verdict["unsupported"] or verdict["contradictions"]):
+        return ""
+    said = verdict["unsupported"] + [f"{x['claim']} (knowledge: {x['stated']})" for x in verdict["contradictions"]]
+    return f"<div class=u>unsupported: {html.escape(' · '.join(said))}</div>"

@@ -89,3 +89,27 @@ def test_eval_kdconv_end_to_end(tmp_path):
     assert saved["turns"][1]["utterance"] == "那它的门票多少钱？"
     grounded = saved["turns"][1]["grounding"]
     assert grounded["no-knowledge"] == [] and any("60元" in g for g in grounded["full"])
+    # faithfulness beside knowledge-F1: in the terminal table, the page and every reply's record
+    assert lines[0].split()[7:] == ["Unsupported/reply", "Unfaithful", "%"]
+    assert "Unsupported/reply" in page and "Unfaithful %" in page
+    assert all({"unsupported_per_reply", "share_unfaithful"} <= set(m) for m in saved["metrics"].values())
+    assert set(saved["turns"][0]["faithfulness"]) == {"full", "no-knowledge", "no-selection"}
+    assert {"claims", "unsupported", "contradictions"} <= set(saved["turns"][0]["faithfulness"]["full"])
+
+
+def test_report_puts_faithfulness_beside_knowledge_f1():
+    from xdai.eval.report import metrics_table, render_html
+
+    base = {"turns": 4, "f1": 0.1, "bleu": 1.0, "distinct_1": 0.5, "distinct_2": 0.6, "knowledge_f1": 0.3}
+    metrics = {"full": {**base, "unsupported_per_reply": 0.25, "share_unfaithful": 0.25},
+               "no-knowledge": {**base, "unsupported_per_reply": 0.5, "share_unfaithful": 0.5}}
+    table = metrics_table(metrics).splitlines()
+    assert table[0].split()[-3:] == ["Unsupported/reply", "Unfaithful", "%"]
+    assert table[1].split()[-2:] == ["0.25", "25.00"] and table[2].split()[-2:] == ["0.50", "50.00"]
+    assert "Unfaithful" not in metrics_table({"full": base})  # a report from before the measure still renders
+    turn = {"dialogue": 0, "message": 1, "history": [], "utterance": "几点开门？", "gold": "七点", "knowledge": ["七点"],
+            "replies": {"full": "八点开门。"}, "knowledge_f1": {"full": 0.0},
+            "faithfulness": {"full": {"claims": 1, "unsupported": [], "contradictions": [
+                {"claim": "八点", "stated": "每天早上七点开门", "shared": ["开门"]}]}}}
+    page = render_html({"meta": {}, "metrics": {"full": metrics["full"]}, "turns": [turn]})
+    assert "unsupported: 八点 (knowledge: 每天早上七点开门)" in page
