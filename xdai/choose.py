@@ -36,6 +36,21 @@ DECLINE = {
     "zh": "抱歉，这个问题我这里没有确切的信息，不敢乱说。",
     "en": "Sorry, I don't have reliable information on that, and I'd rather not guess.",
 }
+# A fact that does not cover what was asked ("谷爱凌有多高？" with only her birth and sport retrieved) is said with
+# this honest lead, not passed off as the answer.
+PARTLY = {"zh": "这个我不太清楚，我只知道：", "en": "I'm not sure about that; what I know is: "}
+# (what a question asks for, what an answer to it contains): a fact without the latter does not answer it
+ASKS = (
+    (r"多高|身高|how tall", r"米|厘米|身高|\bm\b|cm|feet|tall"),
+    (r"多重|体重|how heavy", r"斤|公斤|千克|体重|kg|pounds"),
+    (r"几岁|多大年纪|多少岁|how old", r"岁|出生|born|years old"),
+    (r"哪一?年|什么时候|何时|\bwhen\b|what year", r"\d|年|月|日|点|[零一二三四五六七八九十]+[年月日点]"),
+    (r"多少钱|价格|票价|收费|how much|price|cost", r"元|块|免费|\$|yuan|free|price"),
+    (r"几点|what time", r"点|\d:\d\d|\d+ ?(?:am|pm)"),
+    (r"多远|多久|how far|how long", r"米|公里|分钟|小时|天|年|minutes|hours|km|miles|days|years"),
+)
+# The chat rendering's reference block says a QA pair as "问：Q 答：A"; a reply that echoes the label starts at the answer.
+ECHO = re.compile(r"^\s*(?:问[:：])?[^。！!\n]{0,60}?[？?]\s*答[:：]\s*|^\s*(?:Q:)?[^.!\n]{0,120}?\?\s*A:\s*")
 # Characters too common to show that a reply uses its knowledge (grounding counts content tokens only).
 FUNCTION_CHARS = set("的了是在我你他她它们也就都和与及或有没不很还又这那吗呢吧啊呀哦么个之其以而啦哈嗯哇呃")
 
@@ -138,6 +153,12 @@ class PromptFacts:
                 return True
         return False
 
+    def covers(self, fact: str) -> bool:
+        """Whether `fact` holds the kind of answer the utterance asks for: "多高" wants a height, "哪一年" a year,
+        "多少钱" a price (`ASKS`). A statement, or a question of another kind, is covered by any relevant fact."""
+        utterance = next((str(p.why.get("text", "")) for p in self.prompt.parts if p.kind == "utterance"), "")
+        return all(re.search(answer, fact, re.IGNORECASE) for ask, answer in ASKS if re.search(ask, utterance, re.IGNORECASE))
+
     def utterance_fact(self) -> str | None:
         """The retrieved fact for this utterance, as the pack words it for the bot: the QA pair's answer, else the
         best background description."""
@@ -157,7 +178,7 @@ def score(candidates: Sequence[Any], facts: PromptFacts, weights: ChoiceWeights)
     """Every candidate with its total (see the module's formula); `candidates` carry `.text` and `.total`."""
     out = []
     for cand in candidates:
-        text = cand.text.strip()
+        text = unecho(cand.text.strip())
         verdict = judge(text, facts.support)
         grounded = facts.grounded(text)
         copied = facts.copied(text) if text else False
@@ -179,7 +200,7 @@ def choose(candidates: Sequence[Any], prompt: Prompt, weights: ChoiceWeights) ->
         return Choice(scored[best].text, "rerank", scored, best)
     fact = facts.utterance_fact()
     if fact:
-        return Choice(state_fact(fact, prompt), "fact", scored)
+        return Choice(state_fact(fact, prompt, covers=facts.covers(fact)), "fact", scored)
     if weights.must_not_guess or not usable:
         return Choice(weights.decline_text(prompt.language), "decline", scored)
     best = max(usable, key=lambda i: scored[i].total)
@@ -189,13 +210,20 @@ def choose(candidates: Sequence[Any], prompt: Prompt, weights: ChoiceWeights) ->
     return Choice(weights.decline_text(prompt.language), "decline", scored)
 
 
-def state_fact(fact: str, prompt: Prompt, max_chars: int = 120) -> str:
-    """The fact as a reply: one line, its first sentences up to `max_chars`, whole sentences where possible."""
+def state_fact(fact: str, prompt: Prompt, max_chars: int = 120, *, covers: bool = True) -> str:
+    """The fact as a reply: one line, its first sentences up to `max_chars`, whole sentences where possible; led by
+    an honest "I only know..." when it does not cover what was asked (`covers`)."""
     text = escape_text(fact, (prompt.bot_speaker, prompt.user_speaker))
-    if len(text) <= max_chars:
-        return text
-    cut = max((m.end() for m in re.finditer(r"[。！？!?.;；]", text[:max_chars])), default=0)
-    return text[:cut] if cut >= max_chars // 3 else text[: max_chars - 1] + "…"
+    if len(text) > max_chars:
+        cut = max((m.end() for m in re.finditer(r"[。！？!?.;；]", text[:max_chars])), default=0)
+        text = text[:cut] if cut >= max_chars // 3 else text[: max_chars - 1] + "…"
+    return text if covers else PARTLY.get(prompt.language, PARTLY["en"]) + text
+
+
+def unecho(text: str) -> str:
+    """The reply without an echo of the reference block's "问：Q 答：" label (what follows it is the answer)."""
+    found = ECHO.match(text)
+    return text[found.end() :].strip() if found and found.end() < len(text) else text
 
 
 def trim_unsupported(text: str, verdict: Faithfulness) -> str:
@@ -237,5 +265,5 @@ def _shares_span(text: str, example: str, knowledge: str) -> bool:
     return any(tuple(mine[i : i + COPY_WORDS]) in grams for i in range(len(mine) - COPY_WORDS + 1))
 
 
-__all__ = ["DECLINE", "Choice", "ChoiceWeights", "PromptFacts", "Scored", "choose", "score", "state_fact",
-           "trim_unsupported"]
+__all__ = ["DECLINE", "PARTLY", "Choice", "ChoiceWeights", "PromptFacts", "Scored", "choose", "score", "state_fact",
+           "trim_unsupported", "unecho"]

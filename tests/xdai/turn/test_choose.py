@@ -125,3 +125,15 @@ def test_reranking_end_to_end_on_smollm2(smollm2, tmp_path):
             assert all(c["unsupported"] or c["contradictions"] or not c["text"] for c in rerank["candidates"])
             assert reply.text in ("Breakfast is served from 6:30 to 10:00 on the second floor.",
                                   "I'm sorry, I don't know that.")
+
+
+def test_a_fact_that_does_not_answer_the_question_is_said_as_what_the_bot_knows(xiaodai):
+    prompt = PromptBuilder(xiaodai).build("谷爱凌有多高？", utterance_knowledge=GU)
+    choice = choose([Cand("她身高1.79米。", -0.5)], prompt, ChoiceWeights())
+    assert choice.how == "fact" and choice.text == "这个我不太清楚，我只知道：" + GU.a
+
+
+def test_an_echo_of_the_reference_label_is_not_part_of_the_reply(xiaodai):
+    echoed = Cand("谷爱凌是谁？ 答：谷爱凌是中国自由式滑雪运动员。", -0.5)
+    choice = choose([echoed], gu_prompt(xiaodai), ChoiceWeights())
+    assert choice.text == "谷爱凌是中国自由式滑雪运动员。"
