@@ -51,17 +51,26 @@ def fuse(
     each with its fused score and its why."""
     fused = rrf(list(lists.values()), rrf_k)
     best = sorted(fused, key=lambda d: (-fused[d], d))[:top_k]
-    ranks = {name: {doc: (rank, score) for rank, (doc, score) in enumerate(ranked, start=1)}
-             for name, (_, ranked) in lists.items()}
-    out = []
-    for doc in best:
+    explain = Explainer(lists, resolution)
+    return [(doc, fused[doc], explain(doc)) for doc in best]
+
+
+class Explainer:
+    """The why of any document against the fused lists: its rank and score in each (None where absent), and what
+    the dialogue context resolved. Also for documents a later stage adds that no list holds."""
+
+    def __init__(self, lists: Mapping[str, tuple[float, Ranked]], resolution: Resolution) -> None:
+        self.ranks = {name: {doc: (rank, score) for rank, (doc, score) in enumerate(ranked, start=1)}
+                      for name, (_, ranked) in lists.items()}
+        self.resolution = resolution
+
+    def __call__(self, doc: Hashable) -> dict[str, Any]:
         why: dict[str, Any] = {}
         for name in LISTS:
-            rank, score = ranks.get(name, {}).get(doc, (None, None))
+            rank, score = self.ranks.get(name, {}).get(doc, (None, None))
             why[f"{name}_rank"] = rank
             why[f"{name}_score"] = None if score is None else round(float(score), 6)
-        why["context_entity"] = resolution.entity
-        why["entity_source"] = resolution.source
-        why["query"] = resolution.query
-        out.append((doc, fused[doc], why))
-    return out
+        why["context_entity"] = self.resolution.entity
+        why["entity_source"] = self.resolution.source
+        why["query"] = self.resolution.query
+        return why

@@ -18,7 +18,8 @@ import numpy as np
 from knowledge.bm25 import BM25Index
 from knowledge.context import EntityTracker, Resolution
 from knowledge.embed import Embedder
-from knowledge.fusion import FusionWeights, fuse, rrf
+from knowledge.fact_ranker import FEATURES, FactRanker, Pool, RankerWeights
+from knowledge.fusion import Explainer, FusionWeights, fuse, rrf
 from knowledge.item import Hit, Item
 
 Ranked = list[tuple[int, float]]  # (item index, score), best first
@@ -42,6 +43,8 @@ class HybridRetriever:
         description_prior: float = 0.5,
         candidates: int = 100,
         tracker: EntityTracker | None = None,
+        ranker: RankerWeights | bool = True,
+        depth: int = 20,
     ):
         if dense_index is not None and dense_index.ntotal != len(items):
             raise ValueError(f"dense index holds {dense_index.ntotal} vectors for {len(items)} items")
@@ -58,6 +61,12 @@ class HybridRetriever:
         self.description_prior = description_prior
         self.candidates = candidates
         self.tracker = tracker if tracker is not None else EntityTracker.from_items(self.items)
+        self.depth = depth  # first-stage hits the second stage re-scores (with the dialogue's entities' items)
+        self.ranker: FactRanker | None = None
+        if ranker is not False and dense_index is not None:
+            encode = (lambda texts: self.embedder.encode(texts, role="query")) if embedder is not None else None
+            self.ranker = FactRanker(self.items, self.tracker, self._item_vectors, encode,
+                                     ranker if isinstance(ranker, RankerWeights) else None)
         self._kind = np.array([it.kind for it in self.items])
         self._by_entity: dict[str, list[int]] = {}
         for i, it in enumerate(self.items):
@@ -110,13 +119,68 @@ class HybridRetriever:
         dense_lists = self._dense_search(qvecs, n_cand, allowed) if qvecs is not None else [[] for _ in texts]
         results = []
         for i, (res, text) in enumerate(zip(resolved, texts, strict=True)):
-            bm25_list = self.bm25.search(text, n_cand, allowed) if w_bm25 > 0 else []
-            entity_list = self._entity_list(res, queries[i]["query"], qvecs[i] if qvecs is not None else None, allowed,
-                                            w_dense, w_bm25)
-            lists = {"dense": (w_dense, dense_lists[i]), "bm25": (w_bm25, bm25_list),
-                     "entity": (self.context_weight, entity_list)}
-            results.append([Hit(self.items[doc], score, why) for doc, score, why in fuse(lists, self.rrf_k, top_k, res)])
+            lists = self._lists(queries[i]["query"], res, text, qvecs[i] if qvecs is not None else None,
+                                dense_lists[i], n_cand, allowed, w_dense, w_bm25)
+            if self.ranker is None:
+                hits = [Hit(self.items[doc], score, why) for doc, score, why in fuse(lists, self.rrf_k, top_k, res)]
+            else:
+                hits = self._second_stage(queries[i], res, qvecs[i] if qvecs is not None else None, lists, top_k,
+                                          allowed)
+            results.append(hits)
         return results
+
+    def pools(self, queries: Sequence[dict], *, weights: FusionWeights | None = None) -> list[Pool]:
+        """The second stage's pool and features per query (what `search_batch` ranks): for fitting its weights."""
+        if self.ranker is None:
+            raise ValueError("this retriever has no second stage (ranker=False or no dense index)")
+        scale = weights or FusionWeights()
+        w_dense, w_bm25 = self.dense_weight * scale.dense, self.bm25_weight * scale.bm25
+        resolved = [self.tracker.resolve(q["query"], q.get("context")) for q in queries]
+        texts = [r.query for r in resolved]
+        n_cand = self.candidates
+        qvecs = np.asarray(self.embedder.encode(texts, role="query"), dtype=np.float32)
+        dense_lists = self._dense_search(qvecs, n_cand, None)
+        out = []
+        for q, res, text, qvec, dense in zip(queries, resolved, texts, qvecs, dense_lists, strict=True):
+            lists = self._lists(q["query"], res, text, qvec, dense, n_cand, None, w_dense, w_bm25)
+            out.append(self._pool(q, res, qvec, lists, None))
+        return out
+
+    def _lists(self, utterance: str, res: Resolution, text: str, qvec: np.ndarray | None, dense: Ranked,
+               n_cand: int, allowed: np.ndarray | None, w_dense: float, w_bm25: float) -> dict:
+        bm25_list = self.bm25.search(text, n_cand, allowed) if w_bm25 > 0 else []
+        entity_list = self._entity_list(res, utterance, qvec, allowed, w_dense, w_bm25)
+        return {"dense": (w_dense, dense), "bm25": (w_bm25, bm25_list), "entity": (self.context_weight, entity_list)}
+
+    def _pool(self, query: dict, res: Resolution, qvec: np.ndarray | None, lists: dict,
+              allowed: np.ndarray | None) -> Pool:
+        assert self.ranker is not None
+        ranked = fuse(lists, self.rrf_k, self.depth, res)
+        by_entity = self._by_entity if allowed is None else {
+            name: [d for d in docs if allowed[d]] for name, docs in self._by_entity.items()
+            if name in res.candidates}
+        bm25 = dict(lists["bm25"][1])
+        return self.ranker.pool(query["query"], query.get("context"), res, qvec, ranked, by_entity, bm25)
+
+    def _second_stage(self, query: dict, res: Resolution, qvec: np.ndarray | None, lists: dict, top_k: int,
+                      allowed: np.ndarray | None) -> list[Hit]:
+        """The first stage's top `depth` and the dialogue's entities' items, re-scored by the `FactRanker`."""
+        assert self.ranker is not None
+        pool = self._pool(query, res, qvec, lists, allowed)
+        if not pool.rows:
+            return []
+        order, scores = self.ranker.order(pool)
+        explain = Explainer(lists, res)
+        dense_col = pool.features[:, FEATURES.index("dense")]  # the cosine of query and item, for the whole pool
+        hits = []
+        for j in order[:top_k]:
+            why = explain(pool.rows[j])
+            if why["dense_score"] is None and qvec is not None:
+                why["dense_score"] = round(float(dense_col[j]), 6)
+            why["first_stage_rank"] = pool.first_rank[j]
+            why["second_stage_score"] = round(float(scores[j]), 6)
+            hits.append(Hit(self.items[pool.rows[j]], float(scores[j]), why))
+        return hits
 
     def nearest_qa(self, vector: np.ndarray, *, text: str = "", context: Sequence[str] | None = None,
                    depth: int = NEAREST_QA_DEPTH) -> Hit | None:

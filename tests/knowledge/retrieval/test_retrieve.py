@@ -124,7 +124,9 @@ def test_batch_equals_one_by_one(parts):
     single = [retriever.search(q["query"], context=q.get("context"), top_k=4) for q in queries]
     assert [[h.item.id for h in hs] for hs in batch] == [[h.item.id for h in hs] for hs in single]
     for b, s in zip(batch, single, strict=True):
-        np.testing.assert_allclose([h.score for h in b], [h.score for h in s])
+        # The second stage's scores hold dense cosines: bf16 matmuls of a batch and of a single query differ in
+        # the fourth decimal (the ranking above is identical), so the scores agree to 1e-3 relative.
+        np.testing.assert_allclose([h.score for h in b], [h.score for h in s], rtol=1e-3)
 
 
 def test_hits_carry_the_wire_shape_and_provenance(parts):
