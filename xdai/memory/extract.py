@@ -13,6 +13,8 @@ any other: the model's one line, or the user's own first lines when there is no 
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import logging
 import re
@@ -396,11 +398,18 @@ def self_disclosure(text: str, lang: str | None = None) -> bool:
     imagine."""
     lang = lang or detect_language(text)
     if lang == "zh":
-        return "我" in text.replace("我们", "") and not _ZH_HYPOTHETICAL.search(text) and not any(
+        return bool(_ZH_SELF.search(text)) and not _ZH_HYPOTHETICAL.search(text) and not any(
             asked for _, asked in _sentences(text, "。！？!?；;\n")) and not _ZH_QUESTION.search(text)
     if re.search(r"\?\s*$", text.strip()) or _EN_HYPOTHETICAL.search(text):
         return False
-    return bool(re.search(r"\b(?:i|i'm|my|me|i've)\b", text, re.IGNORECASE))
+    return bool(_EN_SELF.search(text))
+
+
+# The user as the subject: "我" but not "我们" or "我朋友…" (someone else's fact); "I", "my name/job/…".
+_ZH_SELF = re.compile(rf"我(?!们|俩|家人|的?(?:{_ZH_RELATIONS}))")
+_EN_OTHERS = r"friends?|colleagues?|coworkers?|neighbou?rs?|cousins?|aunt|uncle|classmates?|teacher|parents|kids"
+_EN_SELF = re.compile(rf"\b(?:i|i'm|i've|i am|call me|my (?!(?:{_EN_REL}|{_EN_PETS}|{_EN_OTHERS})\b)\w+)\b",
+                      re.IGNORECASE)
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -446,23 +455,38 @@ _EXAMPLES = {
 
 
 class ModelExtractor:
-    """The bot's model asked for facts as JSON of `FACTS_SCHEMA`; only grounded, schema-valid facts survive."""
+    """The bot's model, decoding JSON of `FACTS_SCHEMA` under the schema's constraints; only grounded facts
+    survive.
+
+    The model never writes the JSON's structure: the decoder does. Whether another fact follows or the list
+    ends is decided by the model's likelihoods of exactly those two continuations; the model writes only the
+    strings (a slot, checked against the schema's enum; a value; a relation), each closed at its quote. The
+    result always validates; `parse_facts` then keeps the facts whose words the user actually wrote. This needs
+    only a backend's `fill` and `score`, so it works with every backend (llama.cpp's grammars are not reachable
+    through that interface).
+    """
 
     name = "model"
+    max_facts = 4
 
-    def __init__(self, backend: Any, *, max_tokens: int = 96) -> None:
+    def __init__(self, backend: Any, *, max_value_tokens: int = 16) -> None:
         self.backend = backend
-        self.max_tokens = max_tokens
+        self.max_value_tokens = max_value_tokens
+        score = getattr(backend, "score", None)
+        try:
+            self._special = score is not None and "special" in inspect.signature(score).parameters
+        except (TypeError, ValueError):
+            self._special = False
 
     def prompt(self, text: str, lang: str) -> Any:
-        """The request as an `Infill`: the model's chat template when it has one, else a plain transcript; the
-        reply is primed with the schema's opening."""
+        """The request as an `Infill` ending with the schema's opening: the model's chat template when it has
+        one (and its backend scores such text), else a plain few-shot transcript."""
         from xdai.generation import Infill
         from xdai.render import chat_template_of
 
         lang = "zh" if lang == "zh" else "en"
         shots = _EXAMPLES[lang]
-        template = chat_template_of(self.backend)
+        template = chat_template_of(self.backend) if self._special else None
         if template is not None:
             messages = [{"role": "system", "content": _INSTRUCTIONS[lang]}]
             for q, a in shots:
@@ -476,19 +500,58 @@ class ModelExtractor:
         lines += [f"Message: {_one_line(text)}", f"JSON: {_PRIME}"]
         return Infill(before="\n".join(lines))
 
-    async def extract(self, text: str, lang: str | None = None) -> list[Fact]:
-        from xdai.generation import GenerationSettings
+    def _score(self, context: str, continuation: str, special: bool) -> float:
+        if special:
+            return float(self.backend.score(context, continuation, special=True))
+        return float(self.backend.score(context, continuation))
 
+    async def _scores(self, context: str, continuations: list[str], special: bool) -> list[float]:
+        """The continuations' log-likelihoods, asked together (an engine that batches scores them as one)."""
+        return list(await asyncio.gather(*(asyncio.to_thread(self._score, context, c, special)
+                                           for c in continuations)))
+
+    async def _string(self, context: str, special: bool) -> str:
+        """A JSON string's content as the model writes it, up to its closing quote."""
+        from xdai.generation import GenerationSettings, Infill
+
+        settings = GenerationSettings(temperature=0.0, top_p=1.0, top_k=1, repetition_penalty=1.0,
+                                      max_tokens=self.max_value_tokens, stop=['"', "\n"], seed=0)
+        pieces = [piece async for piece in self.backend.fill(Infill(before=context, special=special), settings)]
+        return "".join(pieces).split('"', 1)[0].replace("\\", "").strip()
+
+    async def decode(self, text: str, lang: str) -> str:
+        """The model's answer as JSON text, decoded under the schema."""
+        infill = self.prompt(text, lang)
+        context, special = infill.before, infill.special
+        out = _PRIME
+        for number in range(self.max_facts):
+            opener = '{"slot": "' if number == 0 else ', {"slot": "'
+            end, more = await self._scores(context, ["]}", opener], special)
+            if end >= more:
+                break
+            context, out = context + opener, out + opener
+            slot = await self._string(context, special)
+            if slot not in SLOTS:  # the schema's enum: anything else ends the answer (what came before stands)
+                context, out = context[: -len(opener)], out[: -len(opener)]
+                break
+            step = f'{slot}", "value": "'
+            context, out = context + step, out + step
+            value = await self._string(context, special)
+            step = json.dumps(value, ensure_ascii=False)[1:]  # the value, escaped, and its closing quote
+            context, out = context + step, out + step
+            if slot in ("family", "pet"):
+                step = ', "relation": "'
+                relation = await self._string(context + step, special)
+                step += json.dumps(relation, ensure_ascii=False)[1:]
+                context, out = context + step, out + step
+            context, out = context + "}", out + "}"
+        return out + "]}"
+
+    async def extract(self, text: str, lang: str | None = None) -> list[Fact]:
         lang = lang or detect_language(text)
         if not self_disclosure(text, lang):
             return []
-        settings = GenerationSettings(temperature=0.0, top_p=1.0, top_k=1, repetition_penalty=1.0,
-                                      max_tokens=self.max_tokens, stop=["\n\n", "<|im_end|>", "</s>", "<|endoftext|>"],
-                                      seed=0)
-        pieces = []
-        async for piece in self.backend.fill(self.prompt(text, lang), settings):
-            pieces.append(piece)
-        return parse_facts(_PRIME + "".join(pieces), text, lang)
+        return parse_facts(await self.decode(text, lang), text, lang)
 
 
 def parse_facts(raw: str, utterance: str, lang: str) -> list[Fact]:
@@ -510,10 +573,30 @@ def parse_facts(raw: str, utterance: str, lang: str) -> list[Fact]:
             continue
         if item["slot"] in ("family", "pet") and (not relation or normalize(relation) not in said):
             continue
-        if item["slot"] == "name" and not _name_ok(value, lang):
+        if item["slot"] == "name" and not (_name_ok(value, lang) and re.search(
+                rf"(?:叫|名字是|名字叫|name is|name's|call me|\bi'?m|\bi am)\s*{re.escape(value)}", utterance,
+                re.IGNORECASE)):
+            continue  # a name is introduced as one ("I'm a software engineer at Microsoft" names no one)
+        if not _EVIDENCE[item["slot"]].search(utterance):  # the user must have said something of that kind
             continue
         out.append(Fact(item["slot"], value, relation=relation, source="model"))
     return _last_per_key(out)
+
+
+# What a statement of each slot says, in either language: a model's fact needs its slot's words in the utterance.
+_EVIDENCE: dict[str, re.Pattern[str]] = {slot: re.compile(pattern, re.IGNORECASE) for slot, pattern in {
+    "name": r"叫|名字|\bname\b|call me|\bi'?m\b|\bi am\b",
+    "age": r"岁|年龄|years? old|\bage\b|turned",
+    "location": r"住|家.{0,2}在|生活在|定居|搬|\blive|\bliving\b|based in|moved",
+    "hometown": r"老家|家乡|来自|出生|长大|是\S{1,8}人|\bfrom\b|grew up|born|raised",
+    "occupation": r"是|当|做|工作|职业|\bwork|\bjob\b|profession|\bi'?m an?\b|\bi am an?\b",
+    "workplace": r"在\S{1,15}(?:工作|上班|上学|读书|念书|实习|任职)|\bwork(?:s|ing)? (?:at|for)\b|\bstud(?:y|ying|ied) at\b",
+    "like": r"喜欢|爱|热爱|迷上|\blove|\blike|enjoy|adore|favou?rite",
+    "dislike": r"不喜欢|讨厌|受不了|不爱|不吃|不喝|\bhate|dislike|can'?t stand|don'?t (?:like|enjoy)|detest",
+    "plan": r"打算|准备|计划|想要|将要|\bplan|going to|\bwill\b|'ll\b|intend",
+    "family": rf"{_ZH_RELATIONS}|\b(?:{_EN_REL})\b",
+    "pet": rf"{_ZH_PETS}|\b(?:{_EN_PETS})\b",
+}.items()}
 
 
 def _first_object(raw: str) -> Any:
@@ -559,8 +642,13 @@ class Extractor:
         except Exception as exc:  # the model failing costs its facts, never the rules' ones
             log.warning("memory: the model could not extract facts: %s", exc)
             return facts
-        taken = {f.key for f in facts} | {f.slot for f in facts if f.slot in SINGLE}
-        return facts + [f for f in found if f.key not in taken and f.slot not in taken]
+        return combine(facts, found)
+
+
+def combine(rules: Sequence[Fact], model: Sequence[Fact]) -> list[Fact]:
+    """The rules' facts, then the model's facts about what the rules left open (another key, another slot)."""
+    taken = {f.key for f in rules} | {f.slot for f in rules if f.slot in SINGLE}
+    return list(rules) + [f for f in model if f.key not in taken and f.slot not in taken]
 
 
 # ------------------------------------------------------------------------------------------------- summaries

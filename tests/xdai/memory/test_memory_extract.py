@@ -90,36 +90,55 @@ def test_a_model_answer_is_kept_only_when_schema_valid_and_grounded() -> None:
     assert parse_facts("I think her name is 王芳", said, "zh") == []
     cut_short = '{"facts": [{"slot": "name", "value": "王芳"}'  # the reply ran out of tokens: closed, then read
     assert [f.value for f in parse_facts(cut_short, said, "zh")] == ["王芳"]
+    not_a_name = '{"facts": [{"slot": "name", "value": "Microsoft"}]}'  # said, but not as the user's name
+    assert parse_facts(not_a_name, "I'm a software engineer at Microsoft.", "en") == []
+    no_evidence = '{"facts": [{"slot": "location", "value": "医院"}]}'  # said, but nothing says they live there
+    assert parse_facts(no_evidence, said, "zh") == []
     no_relation = '{"facts": [{"slot": "family", "value": "小美"}]}'
     assert parse_facts(no_relation, "我女儿叫小美", "zh") == []
     assert [f.label for f in parse_facts('{"facts": [{"slot": "family", "value": "小美", "relation": "女儿"}]}',
                                          "我女儿叫小美", "zh")] == ["女儿:小美"]
 
 
-async def test_the_model_is_asked_only_about_self_disclosures_and_primed_with_the_schema() -> None:
-    backend = ScriptedBackend([['{"slot": "occupation", "value": "护士"}]}']])
+OPEN, MORE, END = '{"slot": "', ', {"slot": "', "]}"
+
+
+async def test_the_decoder_writes_the_structure_and_the_model_only_the_strings() -> None:
+    # the model prefers a first fact to an empty list, then the end of the list to a second fact
+    backend = ScriptedBackend(["occupation", "护士"], scores={OPEN: -1.0, END: -5.0, MORE: -9.0})
     model = ModelExtractor(backend)
     assert await model.extract("你喜欢吃什么？", "zh") == [] and backend.fills == []  # a question: not asked
+    assert await model.extract("我朋友是护士", "zh") == [] and backend.fills == []  # someone else's fact
     assert not self_disclosure("如果我是护士就好了") and self_disclosure("我在医院当护士")
-    facts = await model.extract("我在医院当护士", "zh")
-    assert [(f.slot, f.value) for f in facts] == [("occupation", "护士")]
-    infill, settings = backend.fills[0]
-    assert infill.before.endswith('{"facts": [') and settings.temperature == 0.0
+    assert await model.decode("我在医院当护士", "zh") == (
+        '{"facts": [{"slot": "occupation", "value": "护士"}]}')
+    before = [infill.before for infill, _ in backend.fills]
+    assert before[0].endswith('JSON: {"facts": [{"slot": "')  # the slot, written after the decoder's opening
+    assert before[1].endswith('{"slot": "occupation", "value": "')
+    assert all(settings.stop[0] == '"' and settings.temperature == 0.0 for _, settings in backend.fills)
+    assert set(backend.scored[:2]) == {(before[0][: -len(OPEN)], END), (before[0][: -len(OPEN)], OPEN)}
+
+
+async def test_a_slot_outside_the_schema_ends_the_answer_and_nothing_ungrounded_survives() -> None:
+    backend = ScriptedBackend(["location", "北京", "salary"], scores={OPEN: -1.0, MORE: -2.0, END: -5.0})
+    model = ModelExtractor(backend)
+    assert await model.decode("我在杭州的医院当护士", "zh") == '{"facts": [{"slot": "location", "value": "北京"}]}'
+    assert await ModelExtractor(ScriptedBackend(["location", "北京", "salary"], scores={
+        OPEN: -1.0, MORE: -2.0, END: -5.0})).extract("我在杭州的医院当护士", "zh") == []  # 北京 was never said
 
 
 async def test_both_keeps_the_rules_facts_and_adds_what_only_the_model_found() -> None:
-    backend = ScriptedBackend([['{"slot": "location", "value": "西湖边"}, {"slot": "name", "value": "小李"}]}']])
+    backend = ScriptedBackend(["location", "西湖边", "name", "小李", "salary"], scores={OPEN: -1.0, MORE: -2.0, END: -5.0})
     combined = Extractor("both", backend)
     facts = await combined.extract("我叫李雷，家就在西湖边上", "zh")
-    # the rules found the name; the model's other name is not taken, its location (said, grounded) is
+    # the rules found the name; the model's other name is not taken (nor said), its location (said) is
     assert [(f.slot, f.value, f.source) for f in facts] == [("name", "李雷", "rules"), ("location", "西湖边", "model")]
 
 
 async def test_a_failing_model_costs_only_its_own_facts() -> None:
     class Broken(ScriptedBackend):
-        async def fill(self, infill, settings):  # noqa: ANN001, ANN201
+        def score(self, context, continuation):  # noqa: ANN001, ANN201
             raise RuntimeError("model gone")
-            yield ""
 
     facts = await Extractor("both", Broken()).extract("我叫李雷", "zh")
     assert [(f.slot, f.value) for f in facts] == [("name", "李雷")]

@@ -253,6 +253,9 @@ function openSession() {
   if (saved.sessionId) {
     frame.session_id = saved.sessionId; frame.resume_from_seq = state.lastSeq;
     if (saved.resumeToken) frame.resume_token = saved.resumeToken;
+  } else {
+    const user = new URLSearchParams(location.search).get("user");  // ?user=ID: a session with long-term memory
+    if (user) frame.user = user;
   }
   sendFrame(frame);
 }
