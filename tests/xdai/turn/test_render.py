@@ -9,7 +9,14 @@ from tests.fakes import ScriptedBackend
 from xdai.history import Exchange, ScoredExchange
 from xdai.persona import load_persona
 from xdai.prompt import EXAMPLE_LABELS, Knowledge, PromptBuilder
-from xdai.render import ChatRenderer, ChatTemplate, GLMRenderer, TranscriptRenderer, chat_template_of, renderer_for
+from xdai.render import (
+    ChatRenderer,
+    ChatTemplate,
+    GLMRenderer,
+    TranscriptRenderer,
+    chat_template_of,
+    renderer_for,
+)
 
 GU = Knowledge(kind="qa", text="谷爱凌是谁？ 谷爱凌，中国自由式滑雪运动员", q="谷爱凌是谁？", a="谷爱凌，中国自由式滑雪运动员",
                score=0.93, id="gu", store="test")
