@@ -27,7 +27,12 @@ try:
 except BaseException as exc:
     error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
 seconds = time.monotonic() - started
-rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+try:  # VmHWM: the peak of this image's own address space. ru_maxrss would not do: Linux carries it across
+    # execve, so a child forked from a test session holding 2 GB of models reports 2 GB whatever it did itself.
+    with open("/proc/self/status") as status:
+        rss_mb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+except (OSError, StopIteration):
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print("\\n" + json.dumps({{"seconds": seconds, "rss_mb": rss_mb, "error": error, "result": result}}))
 """
 
@@ -35,7 +40,7 @@ print("\\n" + json.dumps({{"seconds": seconds, "rss_mb": rss_mb, "error": error,
 @dataclass
 class Measured:
     seconds: float  # the code's wall time (imports in `setup` excluded)
-    rss_mb: float  # the child's peak resident memory, everything included
+    rss_mb: float  # the child's peak resident memory (its own image: interpreter, imports and the code)
     error: str | None  # the exception the code raised, as "Type: message", or None
     result: object  # what the code assigned to `result` (JSON-able), or None
 
