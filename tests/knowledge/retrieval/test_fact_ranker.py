@@ -15,7 +15,14 @@ from knowledge.context import EntityTracker, entity_kind, names_an_entity, refer
 from knowledge.embed import get_embedder
 from knowledge.fact_ranker import FEATURES, RankerWeights
 from knowledge.item import Item
-from knowledge.predicates import already_said, predicate_coverage, question_types, stripped, value_types
+from knowledge.predicates import (
+    already_said,
+    predicate_coverage,
+    question_part,
+    question_types,
+    stripped,
+    value_types,
+)
 from knowledge.retrieve import HybridRetriever
 
 TRIPLES = {
@@ -73,6 +80,12 @@ def test_answer_types_of_questions_and_values():
     assert "clock" in value_types("8:30-17:00，周一闭馆。") and "money" in value_types("旺季60元，淡季40元。")
     assert "date" in value_types("1988年12月16日") and "phone" in value_types("010-85007938")
     assert "person" in value_types("达斯汀·霍夫曼，汤姆·克鲁斯") and "person" not in value_types("133分钟")
+
+
+def test_the_question_part_is_what_asks():
+    assert question_part("门票旺季60元，淡季40元，那它周边还有什么景点？") == "那它周边还有什么景点？"
+    assert question_part("旺季：07:00-19:00；淡季：10:00-17:00，你知道这个景点的地址不？") == "你知道这个景点的地址不？"
+    assert question_part("8:30-18:00。") == "8:30-18:00。"  # nothing asks: the whole utterance
 
 
 def test_predicate_words_and_what_was_already_said():
