@@ -574,7 +574,7 @@ def parse_facts(raw: str, utterance: str, lang: str) -> list[Fact]:
         if item["slot"] in ("family", "pet") and (not relation or normalize(relation) not in said):
             continue
         if item["slot"] == "name" and not (_name_ok(value, lang) and re.search(
-                rf"(?:叫|名字是|名字叫|name is|name's|call me|\bi'?m|\bi am)\s*{re.escape(value)}", utterance,
+                rf"(?:我叫|我名叫|名字是|名字叫|叫我|name is|name's|call me|\bi'?m|\bi am)\s*{re.escape(value)}", utterance,
                 re.IGNORECASE)):
             continue  # a name is introduced as one ("I'm a software engineer at Microsoft" names no one)
         if not _EVIDENCE[item["slot"]].search(utterance):  # the user must have said something of that kind

@@ -92,6 +92,7 @@ def test_a_model_answer_is_kept_only_when_schema_valid_and_grounded() -> None:
     assert [f.value for f in parse_facts(cut_short, said, "zh")] == ["王芳"]
     not_a_name = '{"facts": [{"slot": "name", "value": "Microsoft"}]}'  # said, but not as the user's name
     assert parse_facts(not_a_name, "I'm a software engineer at Microsoft.", "en") == []
+    assert parse_facts('{"facts": [{"slot": "name", "value": "旺财"}]}', "我家有只狗叫旺财", "zh") == []  # the dog's
     no_evidence = '{"facts": [{"slot": "location", "value": "医院"}]}'  # said, but nothing says they live there
     assert parse_facts(no_evidence, said, "zh") == []
     no_relation = '{"facts": [{"slot": "family", "value": "小美"}]}'
