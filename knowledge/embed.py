@@ -268,14 +268,22 @@ class CachingEmbedder:
                 self._remember(role, text, vector)
             return
         # On disk: encode and commit in chunks, so an interrupted build keeps what it has already paid for. A chunk
-        # is large enough for a length-sorting engine (e5-small) to batch texts of like length together.
+        # is large enough for a length-sorting engine (e5-small) to batch texts of like length together; an engine
+        # that streams (`encode_stream`) tokenises the next chunk while it encodes this one.
         chunk = max(batch_size, 512)
         bar = tqdm(total=len(pending), desc=f"embed ({self.name})", unit="text", disable=not progress, leave=False,
                    smoothing=0.1)
+        stream = getattr(self.inner, "encode_stream", None)
+        if stream is not None:
+            chunks = ((start, pending[start : start + len(v)], v) for start, v in stream(
+                pending, batch_size=batch_size, role=role, on_texts=bar.update))
+        else:
+            chunks = ((start, pending[start : start + chunk], None) for start in range(0, len(pending), chunk))
         with bar:
-            for start in range(0, len(pending), chunk):
-                part = pending[start : start + chunk]
-                fresh = self.inner.encode(part, batch_size=batch_size, role=role)
+            for _, part, fresh in chunks:
+                if fresh is None:
+                    fresh = self.inner.encode(part, batch_size=batch_size, role=role)
+                    bar.update(len(part))
                 with self._db_lock, self._db:
                     self._db.executemany(
                         "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
@@ -284,7 +292,6 @@ class CachingEmbedder:
                 for text, vector in zip(part, fresh, strict=True):
                     out[missing[text]] = vector
                     self._remember(role, text, vector)
-                bar.update(len(part))
 
     def _read(self, role: str, texts: list[str]) -> dict[str, np.ndarray]:
         """The vectors the disk cache holds for `texts`."""

@@ -288,23 +288,32 @@ class TorchE5Embedder:
             raise TypeError("encode() takes a list of texts, not a single string")
         texts = list(texts)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        if not texts:
-            return out
-        weight = np.zeros(len(texts), dtype=np.float32)
         bar = tqdm(total=len(texts), desc=f"embed ({self.name})", unit="text", disable=not progress, leave=False,
                    smoothing=0.1)
         with bar:
-            for start, ids in _prefetched(self.tokenizer, texts, PREFIX[role], self.chunk):
-                for rows, windows in self._batches(start, ids, max(batch_size, 1)):
-                    pooled = self.model(*_pad([w.ids for w in windows], self.pad)).float().cpu().numpy()
-                    for window, vector in zip(windows, pooled, strict=True):
-                        tokens = len(window.ids) - 2
-                        out[window.text] += max(tokens, 1) * vector
-                        weight[window.text] += max(tokens, 1)
-                    bar.update(rows)
-        out /= np.maximum(weight, 1e-12)[:, None]
-        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+            for start, vectors in self.encode_stream(texts, batch_size=batch_size, role=role, on_texts=bar.update):
+                out[start : start + len(vectors)] = vectors
         return out
+
+    def encode_stream(self, texts: list[str], *, batch_size: int = 64, role: Role = "passage",
+                      on_texts: Callable[[int], object] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """(start, vectors of texts[start:start + n]) chunk by chunk, the next chunk tokenised while this one is
+        encoded: a caller can keep what each chunk cost (the build's disk cache commits it). `on_texts(n)` is
+        told of every n texts done, batch by batch (a progress bar)."""
+        for start, ids in _prefetched(self.tokenizer, texts, PREFIX[role], self.chunk):
+            out = np.zeros((len(ids), self.dim), dtype=np.float32)
+            weight = np.zeros(len(ids), dtype=np.float32)
+            for rows, windows in self._batches(0, ids, max(batch_size, 1)):
+                pooled = self.model(*_pad([w.ids for w in windows], self.pad)).float().cpu().numpy()
+                for window, vector in zip(windows, pooled, strict=True):
+                    tokens = max(len(window.ids) - 2, 1)
+                    out[window.text] += tokens * vector
+                    weight[window.text] += tokens
+                if on_texts is not None:
+                    on_texts(rows)
+            out /= np.maximum(weight, 1e-12)[:, None]
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+            yield start, out
 
     def _batches(self, start: int, ids: list[list[int]], max_rows: int) -> Iterator[tuple[int, list[_Window]]]:
         """Windows of one chunk in length order, grouped under the token budget; with the texts each batch
