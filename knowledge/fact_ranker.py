@@ -11,6 +11,7 @@ focus                      the item is the focus entity's (`EntityTracker.resolv
 candidate                  the item is another entity the window named, 1/(1 + its place after the focus)
 candidate_quoted           the same, for an entity named only inside the focus's knowledge (a value)
 predicate_words            share of the predicate name's bigrams the question spells out (`knowledge.predicates`)
+predicate_words_anywhere   the same over the whole utterance ("旗下有不少歌手，你知道都有谁吗？")
 predicate_meaning          cosine of the query and the predicate name's embedding, minus the pool's mean
 answer_type                the question asks for a date/duration/price/place/person... and the value is one
 said_here                  the value is already in the utterance (an answer, not what is needed next)
@@ -41,6 +42,7 @@ from knowledge.context import EntityTracker, Resolution
 from knowledge.item import Item
 from knowledge.predicates import (
     already_said,
+    list_said,
     predicate_coverage,
     question_part,
     question_types,
@@ -48,7 +50,8 @@ from knowledge.predicates import (
     value_types,
 )
 
-FEATURES = ("focus", "candidate", "candidate_quoted", "predicate_words", "predicate_meaning", "answer_type",
+FEATURES = ("focus", "candidate", "candidate_quoted", "predicate_words", "predicate_words_anywhere",
+            "predicate_meaning", "answer_type",
             "said_here", "said_before", "said_earlier", "asked_before", "dense", "bm25", "first_stage",
             "description_new_entity", "description_nothing_asked", "description_answers")
 RECENT = 4  # messages before the utterance that count as "just said"
@@ -59,22 +62,23 @@ QUOTE = 8  # characters of a description an utterance must repeat to have "said"
 class RankerWeights:
     """One weight per feature (see the module docstring); fitted by benchmarks/retrieval_kdconv.py --fit."""
 
-    focus: float = 2.447
-    candidate: float = 4.011
-    candidate_quoted: float = 2.104
-    predicate_words: float = 1.942
-    predicate_meaning: float = 1.493
-    answer_type: float = 2.134
-    said_here: float = -0.862
-    said_before: float = -0.542
-    said_earlier: float = -1.089
-    asked_before: float = -1.527
-    dense: float = 1.491
-    bm25: float = 1.524
-    first_stage: float = 1.305
-    description_new_entity: float = 0.623
-    description_nothing_asked: float = 1.164
-    description_answers: float = 0.688
+    focus: float = 2.462
+    candidate: float = 4.064
+    candidate_quoted: float = 2.081
+    predicate_words: float = 1.745
+    predicate_words_anywhere: float = 0.181
+    predicate_meaning: float = 1.426
+    answer_type: float = 2.14
+    said_here: float = -0.836
+    said_before: float = -0.645
+    said_earlier: float = -1.028
+    asked_before: float = -1.491
+    dense: float = 1.503
+    bm25: float = 1.545
+    first_stage: float = 1.325
+    description_new_entity: float = 0.632
+    description_nothing_asked: float = 1.12
+    description_answers: float = 0.691
 
     def vector(self) -> np.ndarray:
         return np.array([getattr(self, f) for f in FEATURES], dtype=np.float32)
@@ -147,6 +151,7 @@ class FactRanker:
             return f
         col = {name: j for j, name in enumerate(FEATURES)}
         question = self._without_names(question_part(utterance))
+        whole = self._without_names(utterance)
         asks = question_types(question)
         here = stripped(utterance)
         recent = context[-RECENT:]
@@ -181,13 +186,15 @@ class FactRanker:
                 if it.predicate:
                     cover = predicate_coverage(question, it.predicate)
                     f[i, col["predicate_words"]] = cover
+                    f[i, col["predicate_words_anywhere"]] = predicate_coverage(whole, it.predicate)
                     asked_any |= cover >= 0.5 and r in focus_rows
                     f[i, col["asked_before"]] = predicate_coverage(recent_words, it.predicate) >= 1.0 and cover < 1.0
                 f[i, col["predicate_meaning"]] = meaning[i]
                 f[i, col["answer_type"]] = bool(asks & value_types(it.a or it.text))
-                f[i, col["said_here"]] = already_said(value, here)
-                f[i, col["said_before"]] = already_said(value, before)
-                f[i, col["said_earlier"]] = already_said(value, earlier)
+                raw = it.a or it.text
+                f[i, col["said_here"]] = already_said(value, here) or list_said(raw, here)
+                f[i, col["said_before"]] = already_said(value, before) or list_said(raw, before)
+                f[i, col["said_earlier"]] = already_said(value, earlier) or list_said(raw, earlier)
             else:
                 text = stripped(it.text)
                 f[i, col["said_here"]] = _quotes(here, text)

@@ -116,3 +116,10 @@ def already_said(value: str, said: str, head: int = 12) -> bool:
     """Whether a value (its first `head` characters, at least two) occurs in `said` (both `stripped`)."""
     value = value[:head]
     return len(value) >= 2 and value in said
+
+
+def list_said(value: str, said: str) -> bool:
+    """Whether most names of a list value occur in `said` (`stripped`): "声乐、钢琴" in "他擅长声乐和钢琴"."""
+    parts = [stripped(p) for p in _LIST_SPLIT.split(value)]
+    parts = [p for p in parts if len(p) >= 2]
+    return len(parts) > 1 and sum(p in said for p in parts) * 2 >= len(parts)

@@ -17,6 +17,7 @@ from knowledge.fact_ranker import FEATURES, RankerWeights
 from knowledge.item import Item
 from knowledge.predicates import (
     already_said,
+    list_said,
     predicate_coverage,
     question_part,
     question_types,
@@ -94,6 +95,7 @@ def test_predicate_words_and_what_was_already_said():
     assert predicate_coverage("你好", "门票") == 0.0
     said = stripped("门票旺季60元，淡季40元，挺便宜。")
     assert already_said(stripped("旺季60元，淡季40元。"), said) and not already_said(stripped("2小时 - 4小时"), said)
+    assert list_said("声乐、钢琴", stripped("他擅长声乐和钢琴")) and not list_said("声乐、钢琴", stripped("他擅长声乐"))
 
 
 # -- kinds of entities and of referring words ---------------------------------------------------------------------
