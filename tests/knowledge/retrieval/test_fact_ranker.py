@@ -95,7 +95,9 @@ def test_predicate_words_and_what_was_already_said():
     assert predicate_coverage("你好", "门票") == 0.0
     said = stripped("门票旺季60元，淡季40元，挺便宜。")
     assert already_said(stripped("旺季60元，淡季40元。"), said) and not already_said(stripped("2小时 - 4小时"), said)
-    assert list_said("声乐、钢琴", stripped("他擅长声乐和钢琴")) and not list_said("声乐、钢琴", stripped("他擅长声乐"))
+    assert list_said("声乐、钢琴", stripped("他擅长声乐和钢琴"))
+    cast = "三船敏郎、志村乔、津岛惠子"  # at least half of the names said
+    assert list_said(cast, stripped("三船敏郎和志村乔都演了")) and not list_said(cast, stripped("三船敏郎演得好"))
 
 
 # -- kinds of entities and of referring words ---------------------------------------------------------------------
