@@ -83,3 +83,14 @@ def write_hub_checkpoint(directory: Path, model: GLMModel, sp_model: Path | None
         (directory / "tokenizer_config.json").write_text(json.dumps({
             "tokenizer_class": "GLMChineseTokenizer", "auto_map": {}, "eos_token": "<|endoftext|>"}))
     return directory
+
+
+def decisions_agree(a, b, labels: list, stores) -> float:
+    """Share of the labelled questions on which two answerability models make the same answer/decline decision."""
+    from xdai.answerability import gather
+
+    same = 0
+    for row in labels:
+        evidence = gather(row["q"], stores)
+        same += (a.probability(evidence) >= a.threshold) == (b.probability(evidence) >= b.threshold)
+    return same / len(labels)
