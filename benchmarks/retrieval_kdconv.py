@@ -169,6 +169,20 @@ def tracker_accuracy(built: dict[str, tuple]) -> dict[str, float]:
     return out
 
 
+def _asked(pool, gold: set[int]) -> bool:
+    """Whether the utterance asks for a gold item: its question part spells half its predicate's name or asks
+    for its value's type, or (a description) the utterance brings its entity up for the first time."""
+    from knowledge.fact_ranker import FEATURES
+
+    col = {f: FEATURES.index(f) for f in ("predicate_words", "answer_type", "description_new_entity")}
+    for j, row in enumerate(pool.rows):
+        if row in gold:
+            f = pool.features[j]
+            if f[col["predicate_words"]] >= 0.5 or f[col["answer_type"]] > 0 or f[col["description_new_entity"]] > 0:
+                return True
+    return False
+
+
 def fit_weights(data: list[tuple[list, list[set[int]]]], start: np.ndarray, steps: int = 300) -> np.ndarray:
     """Weights maximising the listwise likelihood of a gold item in each pool (softmax over the pool), L2 1e-3."""
     import torch
@@ -319,6 +333,15 @@ def main() -> None:
         for parity, label in ((0, "fitted on: even dialogues"), (1, "held out: odd dialogues")):
             rows = split[parity]
             print(line(f"    {label} ({len(rows)} turns)", score([ranked[i] for i in rows], [gold[i] for i in rows])))
+        pools = store.retriever.pools(queries)
+        asked = [_asked(pool, g) for pool, g in zip(pools, gold, strict=True)]
+        inside = np.mean([bool(set(p.rows) & g) for p, g in zip(pools, gold, strict=True)])
+        for flag, label in ((True, "the question asks for the gold fact"), (False, "it does not (a statement, "
+                                                                              "another fact)")):
+            rows = [i for i, a in enumerate(asked) if a == flag]
+            print(line(f"    {label}: {len(rows) / max(len(turns), 1):.0%}", score([ranked[i] for i in rows],
+                                                                                   [gold[i] for i in rows])))
+        print(f"    a gold item is among the second stage's candidates for {inside:.3f} of the turns")
         r1, r5 = TARGETS.get(domain, (0.0, 0.0))
         met = after["recall@1"] >= r1 and after["recall@5"] >= r5
         print(f"    targets R@1 >= {r1}, R@5 >= {r5}: {'met' if met else 'NOT met'}", flush=True)
