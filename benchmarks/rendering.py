@@ -27,12 +27,12 @@ language: zh
 description: 小呆是一名活泼的大学生，喜欢聊运动和旅行，回答简短自然。
 knowledge:
   qa:
-    - {q: 谷爱凌是谁？, a: 谷爱凌，2003年出生于美国加利福尼亚州旧金山市，中国自由式滑雪运动员。}
-    - {q: 北京冬奥会是什么时候举办的？, a: 北京冬奥会于2022年2月4日到20日在北京和张家口举行。}
-    - {q: 初学者怎么学滑雪？, a: 初学者先跟教练上课，在初级道学会站姿、犁式刹车和转弯，一般三到五次就能自己滑下初级道。}
-    - {q: 北京冬奥会的吉祥物是什么？, a: 北京冬奥会的吉祥物是熊猫冰墩墩，冬残奥会的吉祥物是灯笼雪容融。}
-    - {q: 故宫有多少年历史？, a: 故宫始建于1406年，1420年建成，至今已有六百多年历史。}
-    - {q: 苏翊鸣是谁？, a: 苏翊鸣，2004年出生于吉林省吉林市，中国单板滑雪运动员，北京冬奥会单板滑雪男子大跳台冠军。}
+    - {q: "谷爱凌是谁？", a: "谷爱凌，2003年出生于美国加利福尼亚州旧金山市，中国自由式滑雪运动员。"}
+    - {q: "北京冬奥会是什么时候举办的？", a: "北京冬奥会于2022年2月4日到20日在北京和张家口举行。"}
+    - {q: "初学者怎么学滑雪？", a: "初学者先跟教练上课，在初级道学会站姿、犁式刹车和转弯，一般三到五次就能自己滑下初级道。"}
+    - {q: "北京冬奥会的吉祥物是什么？", a: "北京冬奥会的吉祥物是熊猫冰墩墩，冬残奥会的吉祥物是灯笼雪容融。"}
+    - {q: "故宫有多少年历史？", a: "故宫始建于1406年，1420年建成，至今已有六百多年历史。"}
+    - {q: "苏翊鸣是谁？", a: "苏翊鸣，2004年出生于吉林省吉林市，中国单板滑雪运动员，北京冬奥会单板滑雪男子大跳台冠军。"}
 selection: {budget_tokens: 1024}
 generation: {max_tokens: 64, temperature: 0.8, top_p: 0.9, repetition_penalty: 1.15}
 """
@@ -49,12 +49,12 @@ language: en
 description: Robo is a friendly hotel robot who answers every question in one short sentence.
 knowledge:
   qa:
-    - {q: When is breakfast served?, a: Breakfast is served from 6:30 to 10:00 in the Cloud Restaurant on the second floor.}
-    - {q: Is there a swimming pool?, a: Yes, the heated indoor pool on the fifth floor is open from 7:00 to 22:00.}
-    - {q: What is the wifi password?, a: The network is YunQi-Guest and the password is on the back of your key card holder.}
-    - {q: How do I get here from the railway station?, a: Take metro line 1 to Longxiangqiao station and walk five minutes from exit C.}
-    - {q: Can I bring my dog?, a: Sorry, pets cannot stay at the hotel, except guide dogs.}
-    - {q: When is check-out?, a: Check-out is before 12:00 noon; ask the front desk for a late check-out.}
+    - {q: "When is breakfast served?", a: "Breakfast is served from 6:30 to 10:00 in the Cloud Restaurant on the second floor."}
+    - {q: "Is there a swimming pool?", a: "Yes, the heated indoor pool on the fifth floor is open from 7:00 to 22:00."}
+    - {q: "What is the wifi password?", a: "The network is YunQi-Guest and the password is on the back of your key card holder."}
+    - {q: "How do I get here from the railway station?", a: "Take metro line 1 to Longxiangqiao station and walk five minutes from exit C."}
+    - {q: "Can I bring my dog?", a: "Sorry, pets cannot stay at the hotel, except guide dogs."}
+    - {q: "When is check-out?", a: "Check-out is before 12:00 noon; ask the front desk for a late check-out."}
 selection: {budget_tokens: 600}
 generation: {max_tokens: 32, temperature: 0.7, top_p: 0.9, repetition_penalty: 1.15}
 """

@@ -50,7 +50,7 @@ ASKS = (
     (r"多远|多久|how far|how long", r"米|公里|分钟|小时|天|年|minutes|hours|km|miles|days|years"),
 )
 # The chat rendering's reference block says a QA pair as "问：Q 答：A"; a reply that echoes the label starts at the answer.
-ECHO = re.compile(r"^\s*(?:问[:：])?[^。！!\n]{0,60}?[？?]\s*答[:：]\s*|^\s*(?:Q:)?[^.!\n]{0,120}?\?\s*A:\s*")
+ECHO = re.compile(r"^\s*(?:\d+\.\s*)?(?:(?:问[:：])?[^。！!\n]{0,60}?[？?]\s*答[:：]|答[:：]|(?:Q:)?[^.!\n]{0,120}?\?\s*A:|A:)\s*")
 # Characters too common to show that a reply uses its knowledge (grounding counts content tokens only).
 FUNCTION_CHARS = set("的了是在我你他她它们也就都和与及或有没不很还又这那吗呢吧啊呀哦么个之其以而啦哈嗯哇呃")
 

@@ -46,6 +46,7 @@ CHAT_TEXT = {
         "no_reference": "这一轮没有参考资料：不要编造人名、地名、时间、日期和数字，不知道的就老实说不知道。",
         "examples": "{bot}说话的语气示例（只学语气，不要照抄，也不是这次的对话）：",
         "qa": "问：{q}\n答：{a}",
+        "block": "【{name}】\n{items}\n【{name}完】",
     },
     "en": {
         "role": "You are {bot}, chatting with {user}. Always answer as {bot}, in {bot}'s voice, in one or two short, "
@@ -60,6 +61,7 @@ CHAT_TEXT = {
                         "say you don't know when you don't.",
         "examples": "How {bot} talks (examples of tone only: do not copy them; they are not this conversation):",
         "qa": "Q: {q}\nA: {a}",
+        "block": "{name}:\n{items}\n(end of {name_lower})",
     },
 }
 
@@ -182,8 +184,7 @@ class ChatRenderer:
         if reference:  # right before the utterance, as XDAI places its QA pair (measured: docs/turn.md)
             numbered = "\n".join(f"{i}. {text}" for i, text in enumerate(dict.fromkeys(reference), 1))
             name = words["reference"]
-            block = (f"【{name}】\n{numbered}\n【{name}完】" if prompt.language == "zh"
-                     else f"<<{name}>>\n{numbered}\n<</{name}>>")
+            block = words["block"].format(name=name, items=numbered, name_lower=name.lower())
             utterance = f"{block}\n{words['rule']}\n\n{utterance}"
         else:
             system.append(words["no_reference"])
@@ -259,15 +260,31 @@ def chat_template_of(backend: Any) -> ChatTemplate | None:
     return ChatTemplate(source, str(tokens.get("bos_token", "") or ""), str(tokens.get("eos_token", "") or ""))
 
 
+# Models whose measured default differs from their family's (benchmarks/rendering.py, docs/turn.md): SmolLM2-135M
+# has a chat template but uses the facts far more often in the plain transcript.
+MEASURED_DEFAULTS: dict[str, RenderingName] = {"smollm2": "transcript"}
+
+
+def measured_default(backend: Any) -> RenderingName | None:
+    """The measured rendering for the backend's model, when the table names it (by model name or file name)."""
+    names = [str(getattr(backend, "model", "") or "").lower(),
+             str(getattr(backend, "model_path", "") or "").rsplit("/", 1)[-1].lower()]
+    for key, rendering in MEASURED_DEFAULTS.items():
+        if any(key in name for name in names):
+            return rendering
+    return None
+
+
 def renderer_for(backend: Any, choice: str = "auto") -> Renderer:
-    """The rendering for this backend's model: `choice` "auto" picks GLM infilling for our GLM engine, the chat
-    template when the model has one, the transcript otherwise; a named choice forces it (measurement, tests).
-    "chat" without a template is a ValueError."""
+    """The rendering for this backend's model: `choice` "auto" picks GLM infilling for our GLM engine, the
+    measured default when `MEASURED_DEFAULTS` names the model, the chat template when the model has one, the
+    transcript otherwise; a named choice forces it (measurement, tests). "chat" without a template is a
+    ValueError."""
     if choice not in RENDERINGS:
         raise ValueError(f"unknown rendering {choice!r}: choose one of {', '.join(RENDERINGS)}")
     if choice == "glm" or (choice == "auto" and getattr(backend, "name", "") == "glm"):
         return GLMRenderer()
-    if choice == "transcript":
+    if choice == "transcript" or (choice == "auto" and measured_default(backend) == "transcript"):
         return TranscriptRenderer()
     template = chat_template_of(backend)
     if template is not None:
@@ -283,5 +300,5 @@ def rendered_text(infill: Infill) -> str:
     return f"{infill.before}{MASK}{infill.after or ''}"
 
 
-__all__ = ["CHAT_TEXT", "RENDERINGS", "ChatRenderer", "ChatTemplate", "GLMRenderer", "Renderer", "TranscriptRenderer",
-           "chat_template_of", "renderer_for", "rendered_text"]
+__all__ = ["CHAT_TEXT", "MEASURED_DEFAULTS", "RENDERINGS", "ChatRenderer", "ChatTemplate", "GLMRenderer", "Renderer", "TranscriptRenderer",
+           "chat_template_of", "measured_default", "renderer_for", "rendered_text"]

@@ -108,7 +108,7 @@ def test_reranking_end_to_end_on_smollm2(smollm2, tmp_path):
         "  must_not_guess: true\n  decline: I'm sorry, I don't know that.\n", encoding="utf-8")
     persona = load_persona(persona_file)
     agent = Agent(persona, backend=smollm2)
-    assert agent.renderer.name == "chat"  # SmolLM2-Instruct's own template
+    assert agent.renderer.name == "transcript"  # SmolLM2's measured default (benchmarks/rendering.py)
 
     async def ask(text):
         return [e async for e in agent.respond(agent.new_history(), text)][-1]
@@ -137,3 +137,10 @@ def test_an_echo_of_the_reference_label_is_not_part_of_the_reply(xiaodai):
     echoed = Cand("谷爱凌是谁？ 答：谷爱凌是中国自由式滑雪运动员。", -0.5)
     choice = choose([echoed], gu_prompt(xiaodai), ChoiceWeights())
     assert choice.text == "谷爱凌是中国自由式滑雪运动员。"
+
+
+def test_an_echo_of_a_numbered_english_reference_line_is_dropped():
+    from xdai.choose import unecho
+
+    assert unecho("2. Q: What time is breakfast served? A: Breakfast is at 6:30.") == "Breakfast is at 6:30."
+    assert unecho("3.5 hours is fine.") == "3.5 hours is fine."
