@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from xdai.memory.items import MemoryItem, normalize
-from xdai.service.sessions import StorageError, _storage_errors
+from xdai.service.sessions import StorageError, storage_errors, transaction
 
 if TYPE_CHECKING:
     from xdai.memory.items import Fact
@@ -144,7 +144,7 @@ CREATE TABLE IF NOT EXISTS memory_vectors (
   item TEXT NOT NULL, embedder TEXT NOT NULL, version INTEGER NOT NULL, vector BLOB NOT NULL,
   PRIMARY KEY (item, embedder));
 """
-_errors = _storage_errors(sqlite3.Error, OverflowError)
+_errors = storage_errors(sqlite3.Error, OverflowError)
 
 
 class SQLiteMemoryStore:
@@ -165,18 +165,7 @@ class SQLiteMemoryStore:
             raise StorageError(f"{self.path}: cannot open the memory tables ({exc})") from None
 
     def _tx(self, fn: Any) -> Any:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                out = fn(self._db)
-                self._db.execute("COMMIT")
-            except BaseException:
-                try:
-                    self._db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                raise
-            return out
+        return transaction(self._db, self._lock, fn)
 
     @staticmethod
     def _read(db: sqlite3.Connection, user: str, bot: str | None, embedder: str | None = None) -> list[MemoryItem]:
@@ -276,7 +265,7 @@ class RedisMemoryStore:
         self._redis = redis
         self._r = client if client is not None else redis.Redis.from_url(url, decode_responses=True)
         self.prefix = prefix
-        guard = _storage_errors(redis.RedisError)
+        guard = storage_errors(redis.RedisError)
         for name in ("apply", "put_summary", "items", "forget", "set_vector"):
             setattr(self, name, guard(getattr(self, name)))
 

@@ -47,7 +47,7 @@ class StoreUnusable(StorageError):
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _storage_errors(*kinds: type[BaseException]) -> Callable[[_F], _F]:
+def storage_errors(*kinds: type[BaseException]) -> Callable[[_F], _F]:
     """Re-raise the store's own exceptions as `StorageError` (the service answers ``storage_error``)."""
     def wrap(fn: _F) -> _F:
         @functools.wraps(fn)
@@ -60,6 +60,24 @@ def _storage_errors(*kinds: type[BaseException]) -> Callable[[_F], _F]:
                 raise StorageError(f"{type(exc).__name__}: {exc}") from exc
         return call  # type: ignore[return-value]
     return wrap
+
+
+def transaction(db: sqlite3.Connection, lock: threading.Lock, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    """Run `fn(db)` in one write transaction (BEGIN IMMEDIATE ... COMMIT) under `lock`; roll back on any error.
+
+    Shared by the session store and the memory store that lives in the same database file."""
+    with lock:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            out = fn(db)
+            db.execute("COMMIT")
+        except BaseException:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:  # SQLite may have rolled back already (a full disk does)
+                pass
+            raise
+        return out
 
 
 @dataclass
@@ -145,7 +163,7 @@ CREATE TABLE IF NOT EXISTS leases (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-_sqlite_errors = _storage_errors(sqlite3.Error, OverflowError)
+_sqlite_errors = storage_errors(sqlite3.Error, OverflowError)
 
 
 class SQLiteSessionStore:
@@ -188,18 +206,7 @@ class SQLiteSessionStore:
             raise _unusable(self.path, exc) from None
 
     def _tx(self, fn: Any) -> Any:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                out = fn(self._db)
-                self._db.execute("COMMIT")
-            except BaseException:
-                try:
-                    self._db.execute("ROLLBACK")
-                except sqlite3.Error:  # SQLite may have rolled back already (a full disk does)
-                    pass
-                raise
-            return out
+        return transaction(self._db, self._lock, fn)
 
     @staticmethod
     def _log(db: sqlite3.Connection, session_id: str, frames: Sequence[dict[str, Any]]) -> None:
@@ -395,7 +402,7 @@ class RedisSessionStore:
         except redis.RedisError as exc:
             raise StoreUnusable(f"cannot reach Redis at server.redis_url ({exc}): start it, or fix the URL") from None
         self.prefix = prefix
-        guard = _storage_errors(redis.RedisError)  # every Redis failure is a StorageError to the service
+        guard = storage_errors(redis.RedisError)  # every Redis failure is a StorageError to the service
         for name in ("create", "get", "add_user_message", "begin_reply", "reserve_seq", "finish_reply", "log_frames",
                      "frames_after", "messages", "interrupt", "recover", "heartbeat", "release", "leases",
                      "streaming"):
