@@ -34,7 +34,7 @@ def reference(smollm2):
     threads = smollm2.threads
     return llama_cpp.Llama(
         model_path=str(smollm2.model_path), n_ctx=512, logits_all=True, n_threads=threads, n_threads_batch=threads,
-        verbose=False,
+        verbose=False, flash_attn=smollm2.engine.config.flash_attn,  # as the engine computes attention
     )
 
 

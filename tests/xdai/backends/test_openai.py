@@ -158,7 +158,8 @@ class LlamaCppServer:
         env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", model_path, "--model_alias", alias,
-             "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "1024", "--n_threads", "2"],
+             "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "1024", "--n_threads", "2",
+             "--flash_attn", "true"],  # as the local engine computes attention (EngineConfig.flash_attn)
             stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"), env=env,  # a pipe nobody reads would fill
         )
         self.log_path = log_path
