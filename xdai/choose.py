@@ -140,6 +140,13 @@ class PromptFacts:
                          for line in p.text.split("\n")[1:]]
         self.knowledge_text = " ".join(knowledge)
 
+    def choosable(self, text: str) -> bool:
+        """Whether this reply is one `choose` may pick with no penalty against it: something left after the label,
+        no unsupported or contradicting claim, no copied example line (`xdai.race` stops waiting on much longer
+        rivals once such a reply has ended)."""
+        text = unecho(text.strip())
+        return bool(text) and judge(text, self.support).faithful and not self.copied(text)
+
     def grounded(self, text: str) -> float:
         """Share of the text's content tokens found in the injected knowledge (0 without knowledge)."""
         toks = [t for t in tokens(text) if not _function(t)]

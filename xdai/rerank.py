@@ -109,7 +109,8 @@ async def rerank(
         forward_weight = 1.0 if (inverse is not None or not infill.after) else 0.0
     distinct = list(dict.fromkeys(texts))  # score each distinct text once, all at the same time (a batching
     # backend scores them in one batch)
-    scores = await asyncio.gather(*(_score(backend, infill, t, post_weight, forward_weight, inverse) for t in distinct))
+    scores = await asyncio.gather(*(score_candidate(backend, infill, t, post_weight=post_weight,
+                                                    forward_weight=forward_weight, inverse=inverse) for t in distinct))
     scored: dict[str, Candidate] = dict(zip(distinct, scores, strict=True))
     candidates = [dataclasses.replace(scored[t]) for t in texts]
     best = max(candidates, key=lambda c: c.total)
@@ -139,20 +140,35 @@ async def sample_candidates(backend: Backend, infill: Infill, settings: Generati
     return list(await asyncio.gather(*(join(stream) for stream in many(infill, seeded))))
 
 
+def candidate_streams(backend: Backend, infill: Infill, settings: GenerationSettings, n: int) -> list[AsyncIterator[str]]:
+    """`n` streams of fills of the mask to read side by side (`xdai.race`), stream i with seed `settings.seed + i`:
+    one request of candidates decoded together where the backend has `fill_candidates`, else `n` requests (an
+    OpenAI-compatible server batches concurrent ones itself)."""
+    seeded = [dataclasses.replace(settings, seed=None if settings.seed is None else settings.seed + i) for i in range(n)]
+    many = getattr(backend, "fill_candidates", None) if hasattr(type(backend), "fill_candidates") else None
+    if callable(many):
+        return list(many(infill, seeded))
+    return [backend.fill(infill, s) for s in seeded]
+
+
 async def _sample(backend: Backend, infill: Infill, settings: GenerationSettings, i: int) -> str:
     seed = None if settings.seed is None else settings.seed + i
     pieces = [piece async for piece in backend.fill(infill, dataclasses.replace(settings, seed=seed))]
     return "".join(pieces)
 
 
-async def _score(
+async def score_candidate(
     backend: Backend,
     infill: Infill,
     text: str,
-    post_weight: float,
-    forward_weight: float,
-    inverse: InversePrompt | None,
+    *,
+    post_weight: float = 1.0,
+    forward_weight: float | None = None,
+    inverse: InversePrompt | None = None,
 ) -> Candidate:
+    """One fill of the mask scored with the module's formula (the `forward_weight` default as in `rerank`)."""
+    if forward_weight is None:
+        forward_weight = 1.0 if (inverse is not None or not infill.after) else 0.0
     candidate = Candidate(text)
     if not text.strip():  # an empty reply never wins while any other exists
         candidate.total = -math.inf

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -369,14 +370,16 @@ class Agent(Responder):
         return 1 if piece else 0
 
     async def _reranked(self, prompt: Prompt, settings: GenerationSettings, utterance: str) -> AsyncIterator[str]:
-        """Sample n candidates, score them by the model (`xdai.rerank`: likelihood, post-response likelihood,
-        inverse prompting) and by the facts the prompt was given (`xdai.choose`: grounding, unsupported claims,
-        contradictions, copied examples, weighted as the persona says), and yield the best, or the fallback when
-        every candidate asserts something unsupported. The choice is kept on the prompt (`Prompt.rerank`)."""
-        import dataclasses
-
+        """Sample n candidates side by side and race them (`xdai.race`): each is scored by the model the moment
+        it ends (`xdai.rerank`: likelihood, post-response likelihood, inverse prompting) while the others decode,
+        and rivals that run `rerank_slack` tokens past an ended, faithful candidate are cut. The choice
+        (`xdai.choose`: grounding, unsupported claims, contradictions, copied examples, weighted as the persona
+        says) takes the best that stood, or the fallback when every one asserts something unsupported; it is kept
+        on the prompt (`Prompt.rerank`: the standing candidates' scores, and every entrant's tokens, eligibility
+        and cut), and yielded whole the moment it is made."""
         from xdai import rerank
-        from xdai.choose import ChoiceWeights, choose
+        from xdai.choose import ChoiceWeights, PromptFacts, choose
+        from xdai.race import race
 
         weights = ChoiceWeights.of(self.persona)
         inverse = None
@@ -384,14 +387,18 @@ class Agent(Responder):
             inverse = rerank.InversePrompt.for_language(
                 utterance, self.persona.language, float(self._gen("inverse_weight", 1.0))
             )
-        result = await rerank.generate_reranked(
-            self.backend, prompt.for_model(), settings, max(self._rerank_count(), 1), inverse=inverse,
-            post_weight=weights.post, forward_weight=weights.likelihood,
-        )
-        stops = prompt.stop_sequences()
-        seen = [dataclasses.replace(c, text=_turn_text(c.text, stops)) for c in result.candidates]
-        choice = choose(seen, prompt, weights)
-        prompt.rerank = choice.to_json()
+        infill, stops, facts = prompt.for_model(), prompt.stop_sequences(), PromptFacts(prompt)
+
+        async def score(text: str) -> rerank.Candidate:
+            return await rerank.score_candidate(self.backend, infill, text, post_weight=weights.post,
+                                                forward_weight=weights.likelihood, inverse=inverse)
+
+        streams = rerank.candidate_streams(self.backend, infill, settings, max(self._rerank_count(), 1))
+        entrants = await race(streams, score=score, eligible=lambda text: facts.choosable(_turn_text(text, stops)),
+                              slack=self._gen("rerank_slack", None))
+        standing = [dataclasses.replace(e.result, text=_turn_text(e.text, stops)) for e in entrants if e.standing]
+        choice = choose(standing, prompt, weights)
+        prompt.rerank = {**choice.to_json(), "entrants": [e.to_json() for e in entrants]}
         yield choice.text
 
 

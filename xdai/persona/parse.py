@@ -278,6 +278,7 @@ def _generation_spec(b: _Builder) -> dict[str, Callable[[_Loc], Any]]:
 
         spec[name] = conv
     spec["rerank"] = lambda loc: b.number(loc, True, 0, 64)
+    spec["rerank_slack"] = lambda loc: None if loc.value is None else b.number(loc, True, 0, 4096)
     spec["inverse_prompting"] = b.boolean
     spec["inverse_weight"] = lambda loc: b.number(loc, False, 0.0, None)
     for weight in ("likelihood_weight", "post_weight", "grounding_weight", "unsupported_weight",

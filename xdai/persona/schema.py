@@ -301,7 +301,11 @@ class Asset:
 
 
 # Keys of `generation` beyond GenerationSettings: reranking by the grounded post-response and inverse prompting.
-RERANK_DEFAULTS: dict[str, Any] = {"rerank": 0, "inverse_prompting": False, "inverse_weight": 1.0}
+# `rerank_slack`: tokens a candidate still decoding may run past an ended, eligible one before it is cut
+# (xdai.race); None waits for every candidate.
+RERANK_DEFAULTS: dict[str, Any] = {
+    "rerank": 0, "inverse_prompting": False, "inverse_weight": 1.0, "rerank_slack": 16,
+}
 
 
 @dataclass
@@ -375,7 +379,8 @@ class Persona:
         return dataclasses.replace(base or GenerationSettings(), **overrides)
 
     def rerank_options(self) -> dict[str, Any]:
-        """{"rerank": n, "inverse_prompting": bool, "inverse_weight": float} with defaults filled."""
+        """{"rerank": n, "inverse_prompting": bool, "inverse_weight": float, "rerank_slack": int | None} with
+        defaults filled."""
         return {k: self.generation.get(k, v) for k, v in RERANK_DEFAULTS.items()}
 
     def override_generation(self, overrides: Mapping[str, Any] | None, source: str = "<overrides>") -> None:

@@ -1,5 +1,5 @@
 """The engine on the bundled GGUFs: equivalence with the one-sequence path, prefix caching, candidates,
-cancellation, continuous batching, the KV bound and reranked streaming.
+cancellation, continuous batching and the KV bound (a reranked turn's race: tests/xdai/turn/test_turn.py).
 
 The one-sequence path is llama-cpp-python's own `Llama` (what the llama_cpp backend decodes with): one sequence,
 one context. Alone in its batch, the engine reproduces it bit for bit. With other sequences in the batch,
@@ -15,7 +15,6 @@ a seeded request evaluates its prompt afresh rather than reuse a cached prefix.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import threading
 import time
@@ -25,10 +24,8 @@ import numpy as np
 import pytest
 
 from xdai.backends.engine import Engine, EngineConfig, Finish, SamplingParams
-from xdai.backends.engine.race import Candidate, LogprobJudge, Race
 from xdai.backends.engine.sampling import token_logprobs
 from xdai.backends.models import resolve_model
-from xdai.backends.stream import TurnFilter
 
 BATCH_TOL = 0.5  # nats, on log P(token): the batch-variance bound stated above, with room to spare
 DIALOGUE = (
@@ -51,7 +48,8 @@ class Model:
         path = resolve_model(name)
         self.engine = Engine(path, CONFIG)
         self.ref = llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=self.engine.runner.threads,
-                                   n_threads_batch=self.engine.runner.threads, logits_all=True, verbose=False)
+                                   n_threads_batch=self.engine.runner.threads, logits_all=True, verbose=False,
+                                   flash_attn=CONFIG.flash_attn)
         self.tok = self.engine.tokenizer
 
     def greedy(self, ids: list[int], n: int) -> tuple[list[int], list[float], float]:
@@ -307,31 +305,3 @@ async def test_streams_iterate_asynchronously(smol):
     [stream] = smol.engine.generate(smol.tok.encode(DIALOGUE), SamplingParams(seed=5, max_tokens=8))
     text = "".join([event.text async for event in stream])
     assert text == (await stream.aresult()).text
-
-
-async def test_a_reranked_reply_streams_the_best_candidate_as_soon_as_the_rest_cannot_catch_up(smol):
-    engine, ids = smol.engine, smol.tok.encode(DIALOGUE)
-    drain(engine)
-    params = [SamplingParams(seed=s, max_tokens=40, temperature=1.0, logprobs=True) for s in range(4)]
-    race = Race(engine.generate(ids, params), LogprobJudge(), make_filter=lambda: TurnFilter(["\nUser:"]))
-    pieces = [piece async for piece in race]
-    winner = race.winner
-    assert winner is not None and pieces == [winner.text] and winner.text
-    scored = [c for c in race.candidates if c.score is not None]
-    assert winner.score == max(c.score for c in scored)
-    for c in race.candidates:  # every other candidate lost on its score or on its bound
-        assert c is winner or (c.score if c.score is not None else c.logprob) <= winner.score
-    await asyncio.sleep(0.2)
-    assert engine.stats().running == 0  # losers were cancelled, not left decoding
-
-    class Unbounded(LogprobJudge):
-        def bound(self, candidate: Candidate) -> float:
-            return math.inf
-
-    race = Race(engine.generate(ids, params), Unbounded(), make_filter=lambda: TurnFilter(["\nUser:"]))
-    assert [p async for p in race] == [race.winner.text]
-    assert not race.early and all(c.score is not None for c in race.candidates)
-
-    [single] = engine.generate(ids, params[0])
-    race = Race([single], LogprobJudge())
-    assert len([p async for p in race]) > 1  # one candidate streams as it decodes

@@ -29,3 +29,16 @@ def test_a_wrong_override_names_its_source_and_changes_nothing() -> None:
     assert "bots/x/bot.yaml: options: generation: unknown key 'temprature' (did you mean 'temperature'?)" in text
     assert "generation.top_p: expected a number from 0.0 to 1.0, got a number (3)" in text
     assert p.generation == before
+
+
+def test_rerank_slack_is_a_token_count_or_null() -> None:
+    p = load_persona("xiaodai")
+    assert p.rerank_options()["rerank_slack"] == 16  # the default
+    p.override_generation({"rerank_slack": None})
+    assert p.rerank_options()["rerank_slack"] is None  # wait for every candidate
+    p.override_generation({"rerank_slack": 0})
+    assert p.rerank_options()["rerank_slack"] == 0
+    with pytest.raises(PersonaError, match=r"generation.rerank_slack: expected an integer from 0 to 4096, got"):
+        p.override_generation({"rerank_slack": -2}, "bots/x/bot.yaml: options")
+    with pytest.raises(PersonaError, match=r"generation.rerank_slack: expected an integer"):
+        p.override_generation({"rerank_slack": 1.5}, "bots/x/bot.yaml: options")

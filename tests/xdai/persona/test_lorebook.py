@@ -75,7 +75,7 @@ def test_macros_and_generation_overrides() -> None:
     assert p.greeting() == "用户你好，我是小呆" and p.greeting(1) == "用户, hi from 小呆"
     s = p.generation_settings()
     assert (s.temperature, s.stop, s.top_p) == (0.5, ["用户："], 0.9)
-    assert p.rerank_options() == {"rerank": 2, "inverse_prompting": False, "inverse_weight": 1.0}
+    assert p.rerank_options() == {"rerank": 2, "inverse_prompting": False, "inverse_weight": 1.0, "rerank_slack": 16}
     s.stop.append("x")
     assert p.generation["stop"] == ["用户："]  # settings never alias the persona's lists
 

@@ -40,7 +40,7 @@ def test_default_persona_is_bilingual_xiaodai() -> None:
 
 def test_inverse_prompting_is_a_per_persona_option() -> None:
     assert load_persona("lin_meimei", PERSONAS_DIR).rerank_options() == {
-        "rerank": 3, "inverse_prompting": True, "inverse_weight": 0.5}
+        "rerank": 3, "inverse_prompting": True, "inverse_weight": 0.5, "rerank_slack": 16}
     assert load_persona("xiaodai", PERSONAS_DIR).rerank_options()["inverse_prompting"] is False
 
 

@@ -116,7 +116,9 @@ def test_reranking_end_to_end_on_smollm2(smollm2, tmp_path):
     for question in ("When is breakfast served?", "Do you have a helipad on the roof?"):
         reply = asyncio.run(ask(question))
         rerank = reply.prompt.rerank
-        assert reply.finish_reason == "stop" and rerank is not None and len(rerank["candidates"]) == 3
+        assert reply.finish_reason == "stop" and rerank is not None and len(rerank["entrants"]) == 3
+        # the candidates the race did not cut (xdai.race: the persona's rerank_slack) are the ones chosen among
+        assert len(rerank["candidates"]) == sum(not e["cut"] for e in rerank["entrants"]) >= 1
         assert all({"model", "grounded", "unsupported", "contradictions", "total"} <= set(c) for c in rerank["candidates"])
         if rerank["how"] == "rerank":  # the chosen candidate is one that asserts nothing unsupported
             chosen = rerank["candidates"][rerank["chosen"]]

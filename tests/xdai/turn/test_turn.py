@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -15,6 +16,7 @@ from knowledge.source import KnowledgeSource
 from knowledge.store import Store
 from xdai.cli import main
 from xdai.persona import load_persona
+from xdai.race import settle
 from xdai.turn import Agent, Delta, NamedStore, Reply, StoreNotFound, open_knowledge
 
 ROBO = """\
@@ -130,6 +132,34 @@ def test_rerankers_run_through_the_agent(robo, smollm2, inverse):
     reply = run(agent, agent.new_history(), "I am upset about my exam.", condition="angry")[-1]
     assert backend.fills == 2
     assert reply.finish_reason == "stop" and reply.text
+
+
+def test_a_reranked_turn_races_its_candidates_on_the_real_engine(robo, smollm2):
+    """`rerank_slack: 0`: a candidate still decoding past the shortest ended, faithful one is cut (its cells freed)
+    and left out of the choice; the record on the prompt says who stood, who was cut and at how many tokens."""
+    robo.generation.update({"rerank": 4, "max_tokens": 40, "temperature": 1.2, "rerank_slack": 0})
+    agent = Agent(robo, backend=smollm2)
+    cuts = 0
+    for seed in range(1, 7):
+        robo.generation["seed"] = seed
+        reply = run(agent, agent.new_history(), "Tell me about your day.")[-1]
+        assert reply.finish_reason == "stop" and reply.text, reply.error
+        record = reply.prompt.rerank
+        entrants = record["entrants"]
+        assert len(entrants) == 4 and len(record["candidates"]) == sum(not e["cut"] for e in entrants)
+        assert [e["cut"] for e in entrants] == settle([e["tokens"] for e in entrants],
+                                                      [e["eligible"] for e in entrants], 0)
+        for e in entrants:
+            if e["cut"]:  # past the shortest eligible candidate
+                assert e["tokens"] > min(x["tokens"] for x in entrants if x["eligible"])
+        if record["how"] == "rerank":
+            assert record["text"] == record["candidates"][record["chosen"]]["text"]
+        cuts += sum(e["cut"] for e in entrants)
+    assert cuts, "no candidate was ever cut at slack 0 over six turns of four candidates"
+    deadline = time.monotonic() + 5
+    while smollm2.engine.stats().running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert smollm2.engine.stats().running == 0  # the cut candidates were cancelled, not left decoding
 
 
 def test_a_missing_store_is_a_clear_error(tmp_path):
