@@ -25,11 +25,13 @@ from typing import Any
 @dataclass(eq=False)
 class Entrant:
     """One candidate: its text so far, its tokens (the stream's own count where it keeps one, else its pieces),
-    how it left the race, and what `score` returned once it ended."""
+    the log-probability its stream reports for its tokens (None where it reports none), how it left the race, and
+    what `score` returned once it ended."""
 
     index: int
     text: str = ""
     tokens: int = 0
+    logprob: float | None = None
     finished: bool = False
     eligible: bool = False
     cut: bool = False
@@ -48,7 +50,7 @@ class Entrant:
 async def race(
     streams: Sequence[AsyncIterator[str]],
     *,
-    score: Callable[[str], Awaitable[Any]],
+    score: Callable[[Entrant], Awaitable[Any]],
     eligible: Callable[[str], bool],
     slack: int | None,
 ) -> list[Entrant]:
@@ -75,6 +77,7 @@ async def race(
                     e.cut = True
                     return
             e.tokens = int(getattr(stream, "tokens", 0)) or e.tokens  # with what the stream held back
+            e.logprob = getattr(stream, "logprob", None)
             e.finished = True
             e.eligible = eligible(e.text)
             if e.eligible and slack is not None:
@@ -84,7 +87,7 @@ async def race(
                     if over(rival) and not task.done():
                         rival.cut = True
                         task.cancel()
-            e.result = await score(e.text)
+            e.result = await score(e)
         except asyncio.CancelledError:
             if not e.cut:  # the race itself was cancelled
                 raise

@@ -165,8 +165,11 @@ async def score_candidate(
     post_weight: float = 1.0,
     forward_weight: float | None = None,
     inverse: InversePrompt | None = None,
+    forward_logprob: float | None = None,
 ) -> Candidate:
-    """One fill of the mask scored with the module's formula (the `forward_weight` default as in `rerank`)."""
+    """One fill of the mask scored with the module's formula (the `forward_weight` default as in `rerank`).
+    `forward_logprob`: log P(text | before) as the decode itself reported it (`TokenStream.logprob`), used for
+    forward(c) instead of scoring the text again."""
     if forward_weight is None:
         forward_weight = 1.0 if (inverse is not None or not infill.after) else 0.0
     candidate = Candidate(text)
@@ -177,7 +180,10 @@ async def score_candidate(
         candidate.post = await asyncio.to_thread(_scorer(backend, infill), infill.before + text, infill.after)
         candidate.total += post_weight * candidate.post
     if forward_weight:
-        candidate.forward = await asyncio.to_thread(_scorer(backend, infill), infill.before, text) / len(text)
+        logprob = forward_logprob
+        if logprob is None:
+            logprob = await asyncio.to_thread(_scorer(backend, infill), infill.before, text)
+        candidate.forward = logprob / len(text)
         candidate.total += forward_weight * candidate.forward
     if inverse is not None:
         context, question = inverse.split(text)

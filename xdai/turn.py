@@ -379,7 +379,7 @@ class Agent(Responder):
         and cut), and yielded whole the moment it is made."""
         from xdai import rerank
         from xdai.choose import ChoiceWeights, PromptFacts, choose
-        from xdai.race import race
+        from xdai.race import Entrant, race
 
         weights = ChoiceWeights.of(self.persona)
         inverse = None
@@ -389,9 +389,10 @@ class Agent(Responder):
             )
         infill, stops, facts = prompt.for_model(), prompt.stop_sequences(), PromptFacts(prompt)
 
-        async def score(text: str) -> rerank.Candidate:
-            return await rerank.score_candidate(self.backend, infill, text, post_weight=weights.post,
-                                                forward_weight=weights.likelihood, inverse=inverse)
+        async def score(entrant: Entrant) -> rerank.Candidate:  # forward from the decode where it was reported
+            return await rerank.score_candidate(self.backend, infill, entrant.text, post_weight=weights.post,
+                                                forward_weight=weights.likelihood, inverse=inverse,
+                                                forward_logprob=entrant.logprob)
 
         streams = rerank.candidate_streams(self.backend, infill, settings, max(self._rerank_count(), 1))
         entrants = await race(streams, score=score, eligible=lambda text: facts.choosable(_turn_text(text, stops)),

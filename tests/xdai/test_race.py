@@ -45,8 +45,8 @@ class Script:
         await self._gen.aclose()
 
 
-async def length(text: str) -> int:
-    return len(text)
+async def length(e) -> int:
+    return len(e.text)
 
 
 def everyone(text: str) -> bool:
@@ -81,9 +81,9 @@ async def test_a_finished_candidate_is_scored_while_the_others_decode():
     streams = [Script(2, 0.01), Script(12, 0.01)]
     seen: dict[int, int] = {}
 
-    async def score(text: str) -> int:
-        seen[len(text)] = streams[1].tokens  # how far the long candidate had got when this one was scored
-        return len(text)
+    async def score(e) -> int:
+        seen[len(e.text)] = streams[1].tokens  # how far the long candidate had got when this one was scored
+        return len(e.text)
 
     await race(streams, score=score, eligible=everyone, slack=None)
     assert seen[2] < 12 and seen[12] == 12

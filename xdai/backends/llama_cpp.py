@@ -53,10 +53,11 @@ def engine_for(path: str | Path, n_ctx: int, threads: int) -> Engine:
     return get_engine(path, EngineConfig(n_ctx=window, kv_cells=max(16384, 2 * window), threads=threads))
 
 
-def sampling_params(settings: GenerationSettings, seed: int | None) -> SamplingParams:
+def sampling_params(settings: GenerationSettings, seed: int | None, *, logprobs: bool = False) -> SamplingParams:
     """The engine's sampler chain is llama-cpp-python's (`Llama.generate`): same settings, same tokens."""
     return SamplingParams(temperature=max(settings.temperature, 0.0), top_p=settings.top_p, top_k=settings.top_k,
-                          repetition_penalty=settings.repetition_penalty, max_tokens=settings.max_tokens, seed=seed)
+                          repetition_penalty=settings.repetition_penalty, max_tokens=settings.max_tokens, seed=seed,
+                          logprobs=logprobs)
 
 
 class LlamaCppBackend:
@@ -123,7 +124,9 @@ class LlamaCppBackend:
 
     def fill_candidates(self, infill: Infill, settings: list[GenerationSettings]) -> list[TokenStream]:
         """One stream per settings, decoded together: the prompt is evaluated once and its cells shared, each
-        candidate samples with its own settings and seed. Reading any of them starts all of them."""
+        candidate samples with its own settings and seed. Reading any of them starts all of them. Each stream's
+        `.logprob` is the model's log-probability of the tokens of its turn (reranking reads it instead of scoring
+        the text again)."""
         started: list[Stream] = []
         lock = threading.Lock()
 
@@ -132,7 +135,8 @@ class LlamaCppBackend:
                 if not started:
                     room = max(s.max_tokens for s in settings)
                     tokens = self._fit(self.tokenize(infill.before, infill.special) or [self._separator()], room)
-                    started.extend(self.engine.generate(tokens, [sampling_params(s, s.seed) for s in settings]))
+                    started.extend(self.engine.generate(
+                        tokens, [sampling_params(s, s.seed, logprobs=True) for s in settings]))
                 return started[i]
 
         streams = []
@@ -144,15 +148,21 @@ class LlamaCppBackend:
     @staticmethod
     async def _turn(start: Callable[[], Stream], stop: list[str], counter: TokenStream) -> AsyncIterator[str]:
         """The bot's turn of one engine stream (`TurnFilter`); each generated token is counted into
-        `counter.tokens`. When the turn ends the sequence ends and its cells stay cached for the next prompt; a
-        reader that stops early cancels it, which frees them at once."""
+        `counter.tokens`, and the log-probabilities of the tokens that carry the turn (from its first visible
+        character to the token that ends it, which is not counted) into `counter.logprob`. When the turn ends the
+        sequence ends and its cells stay cached for the next prompt; a reader that stops early cancels it, which
+        frees them at once."""
         stream = start()
         turn = TurnFilter(stop)
+        begun = False
         try:
             async for event in stream:
                 if event.token >= 0:
                     counter.tokens += 1
                 shown = turn.feed(event.text)
+                begun = begun or bool(event.text.strip())
+                if begun and not turn.done and event.logprob is not None:
+                    counter.logprob = (counter.logprob or 0.0) + event.logprob
                 if shown:
                     yield shown
                 if turn.done:

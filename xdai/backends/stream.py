@@ -102,6 +102,9 @@ class TokenStream:
 
     def __init__(self) -> None:
         self.tokens = 0
+        # log P of the tokens that carry the turn's text, summed as they were decoded, where the backend reports
+        # them (llama_cpp); None where it does not. Final once the stream has ended.
+        self.logprob: float | None = None
         self._pieces: AsyncIterator[str] | None = None
 
     def of(self, pieces: AsyncIterator[str]) -> TokenStream:

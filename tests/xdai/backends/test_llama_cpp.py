@@ -205,3 +205,11 @@ async def test_rerank_candidates_decode_together_on_one_evaluation_of_the_prompt
     assert after.prefill_tokens - before.prefill_tokens == smollm2.count_tokens(dialogue)  # evaluated once
     assert all(t.strip() and "\n" not in t for t in texts) and len(set(texts)) > 1
     assert all(s.tokens > 0 for s in streams)
+    # Each stream reports the log-probability of its turn's tokens as they were decoded (reranking's forward term
+    # reads it instead of scoring the text again). Scoring the text afresh agrees within the engine's batch
+    # tolerance (0.5 nats: tests/xdai/backends/test_engine.py); the turn drops the reply's leading space, which the
+    # decoded first token carries, so the text is scored with and without it.
+    for stream, text in zip(streams, texts, strict=True):
+        assert stream.logprob is not None and stream.logprob < 0
+        fresh = [await asyncio.to_thread(smollm2.score, dialogue, t) for t in (text, " " + text)]
+        assert min(abs(stream.logprob - f) for f in fresh) <= 0.5, (stream.logprob, fresh, text)

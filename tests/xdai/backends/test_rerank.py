@@ -13,9 +13,10 @@ from xdai.rerank import InversePrompt, generate_reranked, rerank
 ANGRY = "\nUser: Why are you so angry at me?"
 # The candidates' scores are computed together, in one batch of the engine, and the checks alone, elsewhere in the
 # shared KV cache: llama.cpp's kernels are not batch-invariant and its results move with where a sequence's cells
-# lie (its f16 KV rounding turns reduction-order differences into ulps), so the two agree within this many nats
-# (measured: < 0.2), not bit for bit.
-ENGINE_TOL = 0.25
+# lie (its f16 KV rounding turns reduction-order differences into ulps), so the two agree within this many nats,
+# not bit for bit: the engine's stated batch tolerance (tests/xdai/backends/test_engine.py). Measured: < 0.2 with
+# plain attention; up to 0.27 with flash attention (the engine's default), whose f16 accumulation follows the batch.
+ENGINE_TOL = 0.5
 
 
 async def test_post_response_reranking_scores_each_sample_by_the_post_response(smollm2, dialogue):
