@@ -162,6 +162,25 @@ def test_a_reranked_turn_races_its_candidates_on_the_real_engine(robo, smollm2):
     assert smollm2.engine.stats().running == 0  # the cut candidates were cancelled, not left decoding
 
 
+def test_cancelling_a_reranked_turn_stops_every_candidate(robo, smollm2):
+    robo.generation.update({"rerank": 3, "max_tokens": 200, "temperature": 1.2, "rerank_slack": None,
+                            "stop": ["User:"]})  # long candidates, so the cancel lands while they decode
+    agent = Agent(robo, backend=smollm2)
+
+    async def turn():
+        cancel = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.5, cancel.set)
+        return [e async for e in agent.respond(agent.new_history(), "Tell me a long story about the sea.",
+                                               cancel=cancel)]
+
+    reply = asyncio.run(turn())[-1]
+    assert reply.finish_reason == "cancelled"
+    deadline = time.monotonic() + 5
+    while smollm2.engine.stats().running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert smollm2.engine.stats().running == 0  # no candidate left decoding, its cells freed
+
+
 def test_a_missing_store_is_a_clear_error(tmp_path):
     path = tmp_path / "needs_store.yaml"
     text = ROBO.replace("knowledge:\n", "knowledge:\n  stores: [no_such_store_here]\n")
