@@ -196,9 +196,10 @@ def score(candidates: Sequence[Any], facts: PromptFacts, weights: ChoiceWeights)
     return out
 
 
-def choose(candidates: Sequence[Any], prompt: Prompt, weights: ChoiceWeights) -> Choice:
-    """The best candidate, or the fallback when every candidate asserts something unsupported (or is empty)."""
-    facts = PromptFacts(prompt)
+def choose(candidates: Sequence[Any], prompt: Prompt, weights: ChoiceWeights, facts: PromptFacts | None = None) -> Choice:
+    """The best candidate, or the fallback when every candidate asserts something unsupported (or is empty).
+    `facts`: the prompt's, when the caller has indexed them already."""
+    facts = facts or PromptFacts(prompt)
     scored = score(candidates, facts, weights)
     usable = [i for i, s in enumerate(scored) if s.text]
     faithful = [i for i in usable if scored[i].faithful]

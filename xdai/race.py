@@ -5,8 +5,8 @@ facts it asserts: `xdai.rerank`, `xdai.choose`), so no text can be shown before 
 waiting for all of them costs the longest. `race` reads every candidate as it decodes and scores each the moment it
 ends, while the others go on decoding. Once one candidate has ended *eligible* (a reply the choice may pick with no
 penalty against it: not empty, asserting nothing the prompt does not support, copying no example line), a rival
-still decoding `slack` tokens past that candidate's length is cut: its stream is closed (the engine frees its cells at once) and it takes no part in the
-choice. The cut is a deliberate trade, measured in `benchmarks/engine.py` (the reply's latency against how often
+still decoding `slack` tokens past that candidate's length is cut: its stream is closed (the engine frees its
+cells at once) and it takes no part in the choice. The cut is a deliberate trade, measured in `benchmarks/engine.py` (the reply's latency against how often
 the choice changes): a rival that long has usually run on into claims, and its length is what a user waits for.
 
 The rule reads only each candidate's own token count, never the clock, so a seeded race ends the same way on any

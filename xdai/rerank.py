@@ -125,36 +125,26 @@ def _scorer(backend: Backend, infill: Infill) -> Callable[[str, str], float]:
 
 
 async def sample_candidates(backend: Backend, infill: Infill, settings: GenerationSettings, n: int) -> list[str]:
-    """`n` fills of the mask, sample i with seed `settings.seed + i`. A backend that decodes candidates together
-    (`fill_candidates`: llama_cpp's engine shares the prompt's evaluation, hf uses one `generate` call) gets
-    them as one request, read concurrently; any other backend samples them in turn."""
-    # looked up on the class: a wrapper that overrides `fill` and forwards the rest must not be bypassed
-    many = getattr(backend, "fill_candidates", None) if hasattr(type(backend), "fill_candidates") else None
-    if not callable(many) or n == 1:
-        return [await _sample(backend, infill, settings, i) for i in range(n)]
-    seeded = [dataclasses.replace(settings, seed=None if settings.seed is None else settings.seed + i) for i in range(n)]
+    """`n` fills of the mask, sample i with seed `settings.seed + i`: the streams of `candidate_streams`, read
+    concurrently to their ends."""
 
     async def join(pieces: AsyncIterator[str]) -> str:
         return "".join([piece async for piece in pieces])
 
-    return list(await asyncio.gather(*(join(stream) for stream in many(infill, seeded))))
+    return list(await asyncio.gather(*(join(stream) for stream in candidate_streams(backend, infill, settings, n))))
 
 
 def candidate_streams(backend: Backend, infill: Infill, settings: GenerationSettings, n: int) -> list[AsyncIterator[str]]:
-    """`n` streams of fills of the mask to read side by side (`xdai.race`), stream i with seed `settings.seed + i`:
-    one request of candidates decoded together where the backend has `fill_candidates`, else `n` requests (an
+    """`n` streams of fills of the mask to read side by side (`xdai.race`), stream i with seed `settings.seed + i`.
+    A backend that decodes candidates together (`fill_candidates`: llama_cpp's engine shares the prompt's
+    evaluation, hf uses one `generate` call) gets them as one request; any other gets `n` requests (an
     OpenAI-compatible server batches concurrent ones itself)."""
     seeded = [dataclasses.replace(settings, seed=None if settings.seed is None else settings.seed + i) for i in range(n)]
+    # looked up on the class: a wrapper that overrides `fill` and forwards the rest must not be bypassed
     many = getattr(backend, "fill_candidates", None) if hasattr(type(backend), "fill_candidates") else None
-    if callable(many):
+    if callable(many) and n > 1:
         return list(many(infill, seeded))
     return [backend.fill(infill, s) for s in seeded]
-
-
-async def _sample(backend: Backend, infill: Infill, settings: GenerationSettings, i: int) -> str:
-    seed = None if settings.seed is None else settings.seed + i
-    pieces = [piece async for piece in backend.fill(infill, dataclasses.replace(settings, seed=seed))]
-    return "".join(pieces)
 
 
 async def score_candidate(

@@ -372,7 +372,7 @@ class Agent(Responder):
     async def _reranked(self, prompt: Prompt, settings: GenerationSettings, utterance: str) -> AsyncIterator[str]:
         """Sample n candidates side by side and race them (`xdai.race`): each is scored by the model the moment
         it ends (`xdai.rerank`: likelihood, post-response likelihood, inverse prompting) while the others decode,
-        and rivals that run `rerank_slack` tokens past an ended, faithful candidate are cut. The choice
+        and rivals that run `rerank_slack` tokens past an ended, eligible candidate are cut. The choice
         (`xdai.choose`: grounding, unsupported claims, contradictions, copied examples, weighted as the persona
         says) takes the best that stood, or the fallback when every one asserts something unsupported; it is kept
         on the prompt (`Prompt.rerank`: the standing candidates' scores, and every entrant's tokens, eligibility
@@ -398,7 +398,7 @@ class Agent(Responder):
         entrants = await race(streams, score=score, eligible=lambda text: facts.choosable(_turn_text(text, stops)),
                               slack=self._gen("rerank_slack", None))
         standing = [dataclasses.replace(e.result, text=_turn_text(e.text, stops)) for e in entrants if e.standing]
-        choice = choose(standing, prompt, weights)
+        choice = choose(standing, prompt, weights, facts)
         prompt.rerank = {**choice.to_json(), "entrants": [e.to_json() for e in entrants]}
         yield choice.text
 
